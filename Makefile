@@ -1,0 +1,32 @@
+# Two entry points, each doing its own set-up on a fresh machine:
+#   make demo   all four systems on the embedded synthetic default, then tables and figures
+#   make test   the whole test suite (unit, parity, end-to-end, nbval)
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+export OMP_NUM_THREADS ?= 2
+export MPLBACKEND := Agg
+
+.PHONY: demo test venv clean-notebooks check-notebooks
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install --upgrade pip
+	$(VPY) -m pip install -e '.[dev]'
+	$(VPY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (asd-kit)"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VPY) -m asd_lib.demo
+
+test: $(STAMP)
+	$(VPY) -m pytest tests
+
+clean-notebooks: $(STAMP)
+	$(VPY) -m asd_lib.nbclean notebooks
+
+check-notebooks: $(STAMP)
+	$(VPY) -m asd_lib.nbclean --check notebooks
