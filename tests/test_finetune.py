@@ -1,0 +1,261 @@
+"""Tests of asd_lib.finetune: ArcFace logits, trainable sets by name, resume, logs, and a real fine-tuning run."""
+from __future__ import annotations
+
+import collections
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from asd_lib.finetune import (ArcFaceHead, SoftmaxHead, apply_trainable, finetune, load_head, switch_overrides,
+                              trainable_names)
+
+backbones = pytest.importorskip("asd_lib.backbones")
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def dev_manifest(tiny_data):
+    """The dev part (labelled train + test) of the tiny preset."""
+    from asd_lib.data import scan
+
+    man = scan(tiny_data)
+    return man[man["set"] == "dev"].reset_index(drop=True)
+
+
+def _meta_encoder(name: str):
+    """A named configuration built on the meta device (names and shapes only, no memory, no init)."""
+    kind, cfg = backbones.NAMED_CONFIGS[name]
+    cls = backbones.BEATsEncoder if kind == "beats" else backbones.EATEncoder
+    with torch.device("meta"):
+        return cls(dict(cfg))
+
+
+def _read_log(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+# -------------------------------------------------------------------------------------------- ArcFace
+
+
+def _direct_arcface(emb: np.ndarray, w: np.ndarray, labels: np.ndarray, s: float, m: float) -> np.ndarray:
+    """ArcFace logits written out from the formula, in float64."""
+    c = (emb / np.linalg.norm(emb, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=1, keepdims=True)).T
+    c = np.clip(c, -1.0, 1.0)
+    out = s * c
+    for i, y in enumerate(labels):
+        theta = math.acos(c[i, y])
+        if theta + m <= math.pi:  # cos(theta) > cos(pi - m): the margin applies
+            out[i, y] = s * math.cos(theta + m)
+        else:  # fall-back, keeps the target logit decreasing in theta
+            out[i, y] = s * (c[i, y] - m * math.sin(math.pi - m))
+    return out
+
+
+def test_arcface_logits_match_direct_formula_including_fallback():
+    g = torch.Generator().manual_seed(0)
+    n_classes, dim, batch, s, m = 9, 24, 90, 64.0, 0.2
+    head = ArcFaceHead(dim, n_classes, s=s, m=m)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(n_classes, dim, generator=g))
+    emb = torch.randn(batch, dim, generator=g)
+    labels = torch.randint(0, n_classes, (batch,), generator=g)
+    k = batch // 3  # a third nearly opposite their class weight: theta + m > pi, the fall-back region
+    emb[:k] = -head.weight.detach()[labels[:k]] + 0.03 * torch.randn(k, dim, generator=g)
+    emb[k:k + 5] = head.weight.detach()[labels[k:k + 5]]  # theta = 0 exactly: the sqrt must stay finite
+    emb.requires_grad_(True)
+    logits, cos = head(emb, labels)
+    expected = _direct_arcface(emb.detach().double().numpy(), head.weight.detach().double().numpy(),
+                               labels.numpy(), s, m)
+    theta = np.arccos(np.clip(cos.detach().double().numpy()[np.arange(batch), labels.numpy()], -1, 1))
+    fallback = theta + m > math.pi
+    assert fallback.sum() >= 10 and (~fallback).sum() >= 10
+    np.testing.assert_allclose(logits.detach().double().numpy(), expected, rtol=0, atol=2e-3)
+    # the fall-back really differs from cos(theta + m) there, so the check above can fail
+    naive = s * np.cos(theta[fallback] + m)
+    assert np.abs(naive - expected[np.arange(batch), labels.numpy()][fallback]).min() > 0.1
+    # no margin without labels, and finite gradients everywhere
+    np.testing.assert_allclose(head(emb)[0].detach().numpy(), s * cos.detach().numpy(), atol=1e-4)
+    torch.nn.functional.cross_entropy(logits, labels).backward()
+    assert torch.isfinite(emb.grad).all() and torch.isfinite(head.weight.grad).all()
+
+
+def test_softmax_head_is_plain_linear():
+    head = SoftmaxHead(8, 5)
+    x = torch.randn(4, 8)
+    logits, same = head(x, torch.zeros(4, dtype=torch.long))
+    assert torch.equal(logits, same) and logits.shape == (4, 5)
+    torch.testing.assert_close(logits, x @ head.weight.T + head.fc.bias)
+
+
+# -------------------------------------------------------------------------------------- trainable sets
+
+
+def _layer_names(names, prefix, layers):
+    return {n for n in names for i in layers if n.startswith(f"{prefix}.{i}.")}
+
+
+def test_trainable_sets_beats_base_by_name():
+    enc = _meta_encoder("beats-base")
+    names = [n for n, _ in enc.named_parameters()]
+    bias = "encoder.layers.0.self_attn.relative_attention_bias.weight"
+    assert bias in names and sum("relative_attention_bias" in n for n in names) == 1  # shared: listed once
+    top4 = _layer_names(names, "encoder.layers", range(8, 12))
+    assert len(top4) == 4 * 17
+    authors = top4 | {"layer_norm.weight", "layer_norm.bias", "post_extract_proj.weight", "post_extract_proj.bias",
+                      bias}
+    assert set(trainable_names(enc, "aau-beats")) == authors
+    assert set(trainable_names(enc, "aau")) == authors
+    assert set(trainable_names(enc, "top_k")) == top4  # the paper text's set: no patch LN, no shared bias
+    assert set(trainable_names(enc, "top_k", top_k=2)) == _layer_names(names, "encoder.layers", (10, 11))
+    assert trainable_names(enc, "frozen") == []
+    assert set(trainable_names(enc, "all")) == set(names)
+    for frozen in ("patch_embedding.weight", "encoder.pos_conv.0.weight_g", "encoder.layer_norm.weight",
+                   "encoder.layers.7.fc1.weight", "encoder.layers.0.self_attn.q_proj.weight"):
+        assert frozen not in authors
+
+
+def test_trainable_sets_sslam_base_by_name():
+    enc = _meta_encoder("sslam-base")
+    names = [n for n, _ in enc.named_parameters()]
+    top10 = _layer_names(names, "blocks", range(2, 12))
+    assert set(trainable_names(enc, "top_k")) == top10
+    assert set(trainable_names(enc, "aau")) == top10
+    assert not any(n.startswith(("blocks.0.", "blocks.1.", "local_encoder", "context_encoder", "extra_tokens"))
+                   for n in top10)
+    assert set(trainable_names(enc, "all")) == set(names) - {"fixed_positional_encoder.positions"}
+    with pytest.raises(ValueError, match="BEATs set"):
+        trainable_names(enc, "aau-beats")
+    with pytest.raises(ValueError, match="trainable must be one of"):
+        trainable_names(enc, "top4")
+
+
+def test_trainable_sets_tiny_backbones_and_requires_grad():
+    beats = backbones.load_backbone("beats-tiny")
+    names = [n for n, _ in beats.named_parameters()]
+    chosen = apply_trainable(beats, "aau-beats")  # 3 layers: "top 4" is all of them
+    expected = (_layer_names(names, "encoder.layers", range(3)) | {"layer_norm.weight", "layer_norm.bias",
+                                                                  "post_extract_proj.weight",
+                                                                  "post_extract_proj.bias"})
+    assert set(chosen) == expected
+    assert {n for n, p in beats.named_parameters() if p.requires_grad} == expected
+    sslam = backbones.load_backbone("sslam-tiny")
+    assert set(apply_trainable(sslam, "aau")) == _layer_names([n for n, _ in sslam.named_parameters()], "blocks",
+                                                              range(3))
+
+
+def test_switch_overrides_name_cfg_fields():
+    beats = backbones.load_backbone("beats-tiny")
+    assert switch_overrides(beats, dropout=True, layerdrop=True, grad_decay=True) == {}
+    off = switch_overrides(beats, dropout=False, layerdrop=False, grad_decay=False)
+    assert off == {"dropout": 0.0, "attention_dropout": 0.0, "dropout_input": 0.0, "encoder_layerdrop": 0.0,
+                   "layer_wise_gradient_decay_ratio": 1.0}  # activation_dropout is already 0 in the cfg
+
+
+# ------------------------------------------------------------------------------------ runs on data
+
+_FAST = dict(duration=1.0, batch_size=8, warmup_epochs=0.5, lr_backbone=1e-3, lr_head=1e-2, progress=False,
+             verbose=False)
+
+
+def test_resume_after_crash_equals_uninterrupted(dev_manifest, tmp_path):
+    # dropout, layer-drop and gradient decay on (RNG state must be restored); augmentation on; accumulation
+    kw = dict(_FAST, machines=["fan", "valveEmu"], epochs=2, accum=2, time_shift=0.2, fbank_noise_std=0.1,
+              seed=3, save_every_steps=2, keep_epochs=[1])
+    ref = finetune(dev_manifest, "beats-tiny", tmp_path / "a", **kw)
+    with pytest.raises(RuntimeError, match="test hook"):
+        finetune(dev_manifest, "beats-tiny", tmp_path / "b", _crash_after_step=5, **kw)  # epoch 2, mid-epoch
+    got = finetune(dev_manifest, "beats-tiny", tmp_path / "b", **kw)
+    for epoch in (1, 2):
+        a = torch.load(ref / f"epoch_{epoch:03d}.pt", weights_only=True)["model"]
+        b = torch.load(got / f"epoch_{epoch:03d}.pt", weights_only=True)["model"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"epoch {epoch} differs"
+    ha, hb = load_head(ref / "epoch_002.head.pt")[0], load_head(got / "epoch_002.head.pt")[0]
+    assert torch.equal(ha.weight, hb.weight)
+    la, lb = _read_log(ref / "log.csv"), _read_log(got / "log.csv")
+    assert [(r["loss"], r["accuracy"], r["lr_head"]) for r in la] == [(r["loss"], r["accuracy"], r["lr_head"])
+                                                                     for r in lb]
+    # the aau-beats set trained exactly its parameters; the rest is bit-identical to the pre-trained encoder
+    start = backbones.load_backbone("beats-tiny").state_dict()
+    changed = {k for k in a if not torch.equal(a[k], start[k])}
+    assert {k for k in changed if "relative_attention_bias" not in k} == {
+        k for k in a if k.startswith(("encoder.layers.", "layer_norm.", "post_extract_proj."))
+        and "relative_attention_bias" not in k}
+    assert all(f"encoder.layers.{i}.self_attn.relative_attention_bias.weight" in changed for i in range(3))
+    assert not any(k.startswith(("patch_embedding", "encoder.pos_conv", "encoder.layer_norm")) for k in changed)
+    # a resume with other settings is refused
+    with pytest.raises(ValueError, match="other settings"):
+        finetune(dev_manifest, "beats-tiny", tmp_path / "b", **{**kw, "lr_head": 5e-3})
+
+
+def test_checkpoints_logs_and_cache(dev_manifest, tmp_path):
+    kw = dict(_FAST, machines=["fan"], epochs=3, keep_epochs=[1], head="softmax", trainable="top_k", top_k=1,
+              dropout=False, layerdrop=False)
+    ckpt = finetune(dev_manifest, "sslam-tiny", tmp_path, backbone_id="sslam", **kw)
+    assert ckpt == tmp_path / "checkpoints" / "sslam"
+    assert sorted(p.name for p in ckpt.glob("epoch_*.pt")) == ["epoch_001.head.pt", "epoch_001.pt",
+                                                               "epoch_003.head.pt", "epoch_003.pt"]
+    rows = _read_log(ckpt / "log.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert set(rows[0]) == {"epoch", "loss", "accuracy", "lr_backbone", "lr_head", "seconds"}
+    assert float(rows[-1]["lr_head"]) == 0.0 and float(rows[0]["lr_head"]) > 0  # cosine decays to zero
+    enc = backbones.load_backbone(str(ckpt / "epoch_003.pt"))  # official format, loads back
+    assert enc.kind == "eat"
+    head, classes = load_head(ckpt / "epoch_003.head.pt")
+    assert isinstance(head, SoftmaxHead) and len(classes) == 8  # fan: 3 speeds x source + 1 target... x 2 ch
+    cache = sorted((tmp_path / "fbank").rglob("*.npy"))
+    assert [p.parent.name for p in cache] == ["aau"] and len(cache) == 1
+    mtime = cache[0].stat().st_mtime_ns
+    finetune(dev_manifest, "sslam-tiny", tmp_path / "again", **kw)  # other out_dir: own cache
+    finetune(dev_manifest, "sslam-tiny", tmp_path, backbone_id="sslam", resume=False, **kw)
+    assert cache[0].stat().st_mtime_ns == mtime  # the regime's cache was reused, not rewritten
+
+
+def test_frozen_run_writes_the_pretrained_encoder(dev_manifest, tmp_path):
+    ckpt = finetune(dev_manifest, "beats-tiny", tmp_path, trainable="frozen", epochs=0, **_FAST)
+    saved = torch.load(ckpt / "epoch_000.pt", weights_only=True)
+    start = backbones.load_backbone("beats-tiny")
+    assert all(torch.equal(v, start.state_dict()[k]) for k, v in saved["model"].items())
+    assert saved["cfg"]["encoder_layerdrop"] == start.cfg["encoder_layerdrop"]
+
+
+def _class_separation(encoder, rows) -> tuple[float, float]:
+    """Leave-one-out 1-NN class accuracy and cosine silhouette of ch0 mean-pooled embeddings (classes >= 2 clips)."""
+    from sklearn.metrics import silhouette_score
+
+    from asd_lib.data import class_name
+    from asd_lib.embed import embed_paths
+
+    y = np.array([class_name(r.machine, r.section, r.domain, r.attributes) for r in rows.itertuples()])
+    count = collections.Counter(y)
+    keep = np.array([count[v] >= 2 for v in y])
+    e = embed_paths(encoder, rows["path"].tolist(), "ch0", "mean", 1.0, progress=False)[keep]
+    y = y[keep]
+    en = e / np.linalg.norm(e, axis=1, keepdims=True)
+    sim = en @ en.T
+    np.fill_diagonal(sim, -np.inf)
+    return float((y[sim.argmax(1)] == y).mean()), float(silhouette_score(e, y, metric="cosine"))
+
+
+def test_finetuning_lowers_loss_and_separates_classes(dev_manifest, tmp_path):
+    kw = dict(_FAST, epochs=6, lr_head=2e-2, train_channels=(0,), classes_with_channel=False, keep_epochs=[0])
+    ckpt = finetune(dev_manifest, "beats-tiny", tmp_path, **kw)
+    rows = _read_log(ckpt / "log.csv")
+    losses = [float(r["loss"]) for r in rows]
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert float(rows[-1]["accuracy"]) > float(rows[0]["accuracy"]) + 0.2
+    train = dev_manifest[dev_manifest["split"] == "train"].sort_values("file_name")
+    before = _class_separation(backbones.load_backbone(str(ckpt / "epoch_000.pt")), train)
+    after = _class_separation(backbones.load_backbone(str(ckpt / "epoch_006.pt")), train)
+    print(f"1-NN accuracy {before[0]:.3f} -> {after[0]:.3f}; silhouette {before[1]:.3f} -> {after[1]:.3f}")
+    assert after[1] - before[1] > MARGIN_SILHOUETTE
+    assert after[0] - before[0] > MARGIN_KNN
+
+
+MARGIN_SILHOUETTE = 0.05
+MARGIN_KNN = 0.0

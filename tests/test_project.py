@@ -1,0 +1,36 @@
+"""Project-level checks: the conda environment mirrors pyproject's pins, the package imports light."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_environment_yml_pins_match_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_entries = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert set(pip_entries) == wanted
+
+
+def test_torch_and_torchaudio_pinned_as_a_pair():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = {d.split("==")[0]: d.split("==")[1] for d in deps if "==" in d}
+    assert pins["torch"] == pins["torchaudio"]
+
+
+def test_import_asd_lib_does_not_import_torch():
+    code = "import sys, asd_lib, asd_lib.data; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    assert "make test" in (ROOT / "README.md").read_text()
