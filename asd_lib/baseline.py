@@ -326,7 +326,6 @@ def run_baseline(data: str | os.PathLike | pd.DataFrame, machines: Sequence[str]
     training and test clips.  ``score`` 'MAHALA', 'MSE' or both.  Returns {'dirs': {score: Path}, 'machines': {...
     thresholds, gamma params, timings}}.
     """
-    import torch
     from asd_lib.submission import write_submission
     scores = [score] if isinstance(score, str) else list(score)
     for s in scores:
@@ -338,7 +337,6 @@ def run_baseline(data: str | os.PathLike | pd.DataFrame, machines: Sequence[str]
                                                                                         "machine"]))
     out = Path(out_dir)
     info: dict = {"dirs": {s: out / s for s in scores}, "machines": {}}
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     for mi, mach in enumerate(machines):
         t0 = time.time()
         rows = man[man["machine"] == mach]

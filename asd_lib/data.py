@@ -260,6 +260,31 @@ def scan(root: str | Path, ground_truth: str | Path | None = None) -> pd.DataFra
 
 
 # ------------------------------------------------------------------------------------------------ audio
+def _wav_truncation(path: Path) -> tuple[int, int] | None:
+    """(declared, present) data bytes when a RIFF/WAVE file holds less audio than its header says, else None.
+
+    libsndfile silently reads what is there, so a download cut short would go unnoticed without this check.
+    """
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        pos = 12
+        while pos + 8 <= size:
+            fh.seek(pos)
+            cid, clen = struct.unpack("<4sI", fh.read(8))
+            if cid == b"data":
+                present = size - pos - 8
+                if 0 < clen < 0xFFFFFFFF and present < clen:
+                    return clen, present
+                return None
+            pos += 8 + clen + (clen & 1)
+    return None
+
+
 def load_clip(
     path: str | Path,
     channels: Sequence[int] | int | None = (0, 1),
@@ -279,9 +304,11 @@ def load_clip(
         raise ValueError(
             f"unreadable or truncated WAV: {path} ({err}). Re-download or regenerate the file."
         ) from err
-    if info.frames > 0 and data.shape[0] < info.frames:
-        raise ValueError(f"truncated WAV: {path} holds {data.shape[0]} of the {info.frames} frames its header "
-                         "announces. Re-download or regenerate the file.")
+    trunc = _wav_truncation(path)
+    if trunc is not None or (info.frames > 0 and data.shape[0] < info.frames):
+        what = f"{trunc[1]} of the {trunc[0]} data bytes" if trunc else f"{data.shape[0]} of {info.frames} frames"
+        raise ValueError(f"truncated WAV: {path} holds {what} its header announces. "
+                         "Re-download or regenerate the file.")
     if data.shape[0] == 0:
         raise ValueError(f"empty or truncated WAV (no audio frames): {path}. Re-download or regenerate the file.")
     n_ch = data.shape[1]

@@ -49,7 +49,7 @@ def setup(seed: int = 0, figures_dir: str | os.PathLike = "figures", threads: in
         pass
     import matplotlib
 
-    matplotlib.rcParams.update({"figure.dpi": 80, "savefig.dpi": 150, "figure.figsize": (7.0, 3.5),
+    matplotlib.rcParams.update({"figure.dpi": 72, "savefig.dpi": 150, "figure.figsize": (7.0, 3.5),
                                 "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
                                 "axes.spines.right": False, "svg.hashsalt": "asd-kit"})
     try:
@@ -65,6 +65,8 @@ def setup(seed: int = 0, figures_dir: str | os.PathLike = "figures", threads: in
 
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*weight_norm.*")
+        warnings.filterwarnings("ignore", message="n_quantiles .* is greater than")  # tiny training sets
+        warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto without ipywidgets
         os.environ.setdefault("TQDM_DISABLE", "1")
     return ROOT
 

@@ -166,7 +166,7 @@ class AAUPreprocess(TransformerMixin, BaseEstimator):
         """Fit the quantile transform on training embeddings X (n, D)."""
         X = _check_2d(X, "AAUPreprocess.fit")
         self.quantile_ = QuantileTransformer(
-            n_quantiles=self.n_quantiles, output_distribution="uniform", subsample=self.subsample,
+            n_quantiles=min(self.n_quantiles, X.shape[0]), output_distribution="uniform", subsample=self.subsample,
             random_state=self.random_state,
         ).fit(X)
         self.n_features_in_ = X.shape[1]
@@ -425,8 +425,39 @@ def train_autoencoders(
     return results  # type: ignore[return-value]
 
 
+class _AdamW:
+    """AdamW with torch's single-tensor CPU arithmetic, op for op (torch.optim.adam._single_tensor_adam with
+    decoupled weight decay), without importing torch.optim (whose first import costs seconds)."""
+
+    def __init__(self, params, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        import torch
+
+        self.params, self.lr, self.wd, self.betas, self.eps = list(params), lr, weight_decay, betas, eps
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self.n_steps = 0
+
+    def step(self) -> None:
+        import torch
+
+        b1, b2 = self.betas
+        self.n_steps += 1
+        bc1 = 1 - b1 ** float(self.n_steps)
+        bc2 = 1 - b2 ** float(self.n_steps)
+        step_size = self.lr / bc1
+        with torch.no_grad():
+            for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
+                g = p.grad
+                p.mul_(1 - self.lr * self.wd)
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = (v.sqrt() / bc2**0.5).add_(self.eps)
+                p.addcdiv_(m, denom, value=-step_size)
+
+
 def _train_ae_group(arrays, seeds, *, bottleneck, hidden, max_epochs, batch_size, lr, weight_decay, patience,
                     min_delta, device) -> list[dict[str, Any]]:
+    """Train same-shaped AEs as one stacked model; a model that stops early leaves the stack (compaction)."""
     import torch
     import torch.nn.functional as F
 
@@ -435,67 +466,72 @@ def _train_ae_group(arrays, seeds, *, bottleneck, hidden, max_epochs, batch_size
     H = hidden if hidden is not None else max(D // 2, 2 * bottleneck)
     inits = [_ae_init(D, H, bottleneck, sd) for sd in seeds]
     params = {k: torch.tensor(np.stack([st[k] for st in inits]), device=device) for k in inits[0]}
-    trainable = [params[k] for k in params if k.endswith(".weight") or k.endswith(".bias")]
-    for t in trainable:
-        t.requires_grad_(True)
-    # parameter order as in the authors' module (weight_orig, bias per Linear) so AdamW sees the same tensors
-    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    train_keys = [k for k in params if k.endswith(".weight") or k.endswith(".bias")]
+    for k in train_keys:
+        params[k].requires_grad_(True)
+    adam = _AdamW([params[k] for k in train_keys], lr=lr, weight_decay=weight_decay)
     X = torch.as_tensor(np.stack(arrays), dtype=torch.float32, device=device)  # (B, n, D)
     gens = [torch.Generator().manual_seed(sd) for sd in seeds]
-    active = np.ones(B, dtype=bool)
+    alive = np.arange(B)  # original index of each row of the stack
     best = np.full(B, np.inf)
     stale = np.zeros(B, dtype=int)
-    n_epochs = np.zeros(B, dtype=int)
     curves: list[list[float]] = [[] for _ in range(B)]
-    bidx = torch.arange(B, device=device).unsqueeze(1)
+    out: list[dict[str, Any] | None] = [None] * B
+
+    def _finish(rows: np.ndarray, epochs: int) -> None:
+        for r in rows:
+            b = int(alive[r])
+            pb = {k: v.detach()[r : r + 1].cpu().numpy().copy() for k, v in params.items()}
+            out[b] = {"params": pb, "n_epochs": epochs, "loss_curve": curves[b]}
+
     for epoch in range(max_epochs):
         # the same generator draws as DataLoader(shuffle=True, generator=g): base seed, permutation, empty tail
         perms = []
-        for g in gens:
-            torch.empty((), dtype=torch.int64).random_(generator=g)
-            perms.append(torch.randperm(n, generator=g))
-            torch.randperm(n, generator=g)
+        for b in alive:
+            torch.empty((), dtype=torch.int64).random_(generator=gens[b])
+            perms.append(torch.randperm(n, generator=gens[b]))
+            torch.randperm(n, generator=gens[b])
         perm = torch.stack(perms).to(device)
-        sums = np.zeros(B)
+        bidx = torch.arange(len(alive), device=device).unsqueeze(1)
+        sums = np.zeros(len(alive))
         n_batches = 0
-        frozen = np.flatnonzero(~active)
         for s in range(0, n, batch_size):
-            xb = X[bidx, perm[:, s : s + batch_size]]  # (B, b, D)
-            if len(frozen):  # early-stopped models: snapshot params, power-iteration vectors and AdamW state
-                fz = torch.as_tensor(frozen, device=device)
-                keep = [(t, t.detach()[fz].clone()) for t in params.values()]
-                keep += [(st, st[fz].clone()) for t in trainable for k, st in opt.state[t].items() if k != "step"]
-            opt.zero_grad()
+            xb = X[bidx, perm[:, s : s + batch_size]]  # (B_alive, b, D)
+            for k in train_keys:
+                params[k].grad = None
             rec = _ae_forward(params, xb, train=True)
-            if B == 1:
+            if len(alive) == 1:
                 losses = F.mse_loss(rec[0], xb[0]).reshape(1)
             else:
                 losses = F.mse_loss(rec, xb, reduction="none").mean(dim=(1, 2))
             losses.sum().backward()
-            opt.step()
-            if len(frozen):  # ... and put them back, so a stopped model stays exactly as it stopped
-                with torch.no_grad():
-                    for t, saved in keep:
-                        t[fz] = saved
+            adam.step()
             sums += losses.detach().double().cpu().numpy()
             n_batches += 1
         avg = sums / n_batches
-        for b in np.flatnonzero(active):
-            curves[b].append(float(avg[b]))
-            n_epochs[b] = epoch + 1
-            if avg[b] < best[b] - min_delta:
-                best[b], stale[b] = avg[b], 0
+        stop = np.zeros(len(alive), dtype=bool)
+        for r, b in enumerate(alive):
+            curves[b].append(float(avg[r]))
+            if avg[r] < best[b] - min_delta:
+                best[b], stale[b] = avg[r], 0
             else:
                 stale[b] += 1
-                if stale[b] >= patience:
-                    active[b] = False
-        if not active.any():
-            break
-    out = []
-    for b in range(B):
-        pb = {k: v.detach()[b : b + 1].cpu().numpy().copy() for k, v in params.items()}
-        out.append({"params": pb, "n_epochs": int(n_epochs[b]), "loss_curve": curves[b]})
-    return out
+                stop[r] = stale[b] >= patience
+        if epoch == max_epochs - 1:
+            stop[:] = True
+        if stop.any():
+            _finish(np.flatnonzero(stop), epoch + 1)
+            if stop.all():
+                break
+            keep = torch.as_tensor(np.flatnonzero(~stop), device=device)
+            with torch.no_grad():
+                params = {k: v.detach()[keep].clone().requires_grad_(k in train_keys) for k, v in params.items()}
+                adam.params = [params[k] for k in train_keys]
+                adam.exp_avg = [m[keep].clone() for m in adam.exp_avg]
+                adam.exp_avg_sq = [v[keep].clone() for v in adam.exp_avg_sq]
+            X = X[keep]
+            alive = alive[~stop]
+    return out  # type: ignore[return-value]
 
 
 class AEScorer(BaseEstimator):

@@ -22,7 +22,7 @@ import pandas as pd
 MACHINES: tuple[str, ...] = ("ToyCar", "ToyCarEmu", "bearingEmu", "fan", "gearboxEmu", "sliderEmu", "valveEmu")
 SYSTEM_LABELS: dict[str, str] = {"dev_online": "DEV Online", "dev_offline": "DEV Offline",
                                  "devadd_online": "DEV+ADD Online", "devadd_offline": "DEV+ADD Offline"}
-BASELINE_LABELS: dict[str, str] = {"mahalanobis": "Mahalanobis", "mse": "MSE"}
+BASELINE_LABELS: dict[str, str] = {"MAHALA": "Mahalanobis", "MSE": "MSE"}  # run_baseline folder names
 BLOCKS: tuple[str, ...] = ("official", "paper-style", "paper")
 MEAN_ROW, SCORE_ROW = "Overall mean", "Score"
 
@@ -50,16 +50,16 @@ PAPER_TABLE1_SUMMARY: dict[str, tuple[float, float, float]] = {  # system -> (me
 }
 # The paper's Table 2 (fractions): machine -> baseline -> (AUC, pAUC); its Mean and Omega rows as printed.
 PAPER_TABLE2: dict[str, dict[str, tuple[float, float]]] = {
-    "ToyCar": {"mahalanobis": (0.6523, 0.5825), "mse": (0.5675, 0.5403)},
-    "ToyCarEmu": {"mahalanobis": (0.6806, 0.5347), "mse": (0.6541, 0.5589)},
-    "bearingEmu": {"mahalanobis": (0.6410, 0.6042), "mse": (0.6095, 0.5985)},
-    "fan": {"mahalanobis": (0.5255, 0.5229), "mse": (0.5420, 0.5333)},
-    "gearboxEmu": {"mahalanobis": (0.6361, 0.5397), "mse": (0.5901, 0.5294)},
-    "sliderEmu": {"mahalanobis": (0.5777, 0.5036), "mse": (0.5615, 0.5038)},
-    "valveEmu": {"mahalanobis": (0.5655, 0.5020), "mse": (0.6826, 0.5508)},
+    "ToyCar": {"MAHALA": (0.6523, 0.5825), "MSE": (0.5675, 0.5403)},
+    "ToyCarEmu": {"MAHALA": (0.6806, 0.5347), "MSE": (0.6541, 0.5589)},
+    "bearingEmu": {"MAHALA": (0.6410, 0.6042), "MSE": (0.6095, 0.5985)},
+    "fan": {"MAHALA": (0.5255, 0.5229), "MSE": (0.5420, 0.5333)},
+    "gearboxEmu": {"MAHALA": (0.6361, 0.5397), "MSE": (0.5901, 0.5294)},
+    "sliderEmu": {"MAHALA": (0.5777, 0.5036), "MSE": (0.5615, 0.5038)},
+    "valveEmu": {"MAHALA": (0.5655, 0.5020), "MSE": (0.6826, 0.5508)},
 }
 PAPER_TABLE2_SUMMARY: dict[str, tuple[float, float, float]] = {
-    "mahalanobis": (0.6112, 0.5414, 0.5752), "mse": (0.6153, 0.5450, 0.5791),
+    "MAHALA": (0.6112, 0.5414, 0.5752), "MSE": (0.6153, 0.5450, 0.5791),
 }
 
 EPS = np.finfo(float).eps
@@ -283,3 +283,25 @@ def write(table: pd.DataFrame, tidy: pd.DataFrame, out_dir: str | os.PathLike, s
     _atomic(paths["md"], md)
     _atomic(paths["tex"], to_latex(table, caption=caption, label=f"tab:{stem}"))
     return paths
+
+
+# ----------------------------------------------------------------------------------------------------------
+# scoring a variant (ablations, paper-vs-code comparisons)
+
+
+def evaluate_fused(fused: Mapping[str, pd.DataFrame], out_dir: str | os.PathLike,
+                   ground_truth: str | os.PathLike | None = None) -> dict[str, float]:
+    """Write fused scores ({machine: DataFrame(names, score, decision)}) as a submission in ``out_dir``, evaluate it,
+    and return the official score, the paper-style Omega, mean AUCs (official), mean pAUC and mean F1 (fractions)."""
+    from asd_lib import metrics, submission
+
+    out = Path(out_dir)
+    for machine, df in fused.items():
+        submission.write_submission(out, machine, df["names"], df["score"], df["decision"])
+    res = metrics.evaluate_submission(out, ground_truth, machines=list(fused), ci=False)
+    paper = metrics.paper_style_scores(res)
+    t = res.table
+    return {"official score": float(res.official_score), "paper-style Ω": float(paper["omega_hmean14"]),
+            "AUC (source)": float(t["AUC (source)"].mean()), "AUC (target)": float(t["AUC (target)"].mean()),
+            "pAUC": float(t["pAUC"].mean()),
+            "F1": float(np.mean([t["F1 score (source)"].mean(), t["F1 score (target)"].mean()]))}

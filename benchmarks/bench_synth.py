@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -88,10 +89,14 @@ def main() -> None:
     else:
         out = Path(a.out)
     try:
-        t0 = time.perf_counter()
+        cpu = lambda: sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime  # noqa: E731
+                          for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        t0, c0 = time.perf_counter(), cpu()
         generate(out, a.preset, a.seed, jobs=a.jobs, force=True)
-        gen_s = time.perf_counter() - t0
-        print(f"generation of preset {a.preset!r} (seed {a.seed}, {a.jobs} worker processes): {gen_s:.1f} s wall")
+        gen_s, gen_cpu = time.perf_counter() - t0, cpu() - c0
+        print(f"generation of preset {a.preset!r} (seed {a.seed}, {a.jobs} worker processes): {gen_s:.1f} s wall, "
+              f"{gen_cpu:.1f} CPU s (= {gen_cpu / a.jobs:.1f} s wall on {a.jobs} free cores); "
+              f"load average at the end {os.getloadavg()[0]:.1f}")
         t0 = time.perf_counter()
         df = difficulty(out)
         print(f"difficulty check (log-mel stats + 1-NN) took {time.perf_counter() - t0:.1f} s")

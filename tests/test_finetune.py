@@ -60,10 +60,10 @@ def _direct_arcface(emb: np.ndarray, w: np.ndarray, labels: np.ndarray, s: float
 def test_arcface_logits_match_direct_formula_including_fallback():
     g = torch.Generator().manual_seed(0)
     n_classes, dim, batch, s, m = 9, 24, 90, 64.0, 0.2
-    head = ArcFaceHead(dim, n_classes, s=s, m=m)
+    head = ArcFaceHead(dim, n_classes, s=s, m=m).double()  # float64: the comparison checks the formula
     with torch.no_grad():
-        head.weight.copy_(torch.randn(n_classes, dim, generator=g))
-    emb = torch.randn(batch, dim, generator=g)
+        head.weight.copy_(torch.randn(n_classes, dim, generator=g, dtype=torch.float64))
+    emb = torch.randn(batch, dim, generator=g, dtype=torch.float64)
     labels = torch.randint(0, n_classes, (batch,), generator=g)
     k = batch // 3  # a third nearly opposite their class weight: theta + m > pi, the fall-back region
     emb[:k] = -head.weight.detach()[labels[:k]] + 0.03 * torch.randn(k, dim, generator=g)
@@ -75,14 +75,18 @@ def test_arcface_logits_match_direct_formula_including_fallback():
     theta = np.arccos(np.clip(cos.detach().double().numpy()[np.arange(batch), labels.numpy()], -1, 1))
     fallback = theta + m > math.pi
     assert fallback.sum() >= 10 and (~fallback).sum() >= 10
-    np.testing.assert_allclose(logits.detach().double().numpy(), expected, rtol=0, atol=2e-3)
+    # atol: the guard sin >= 1e-6 (clamp of 1 - cos^2) moves theta = 0 logits by s * m * 1e-6 = 1.3e-5
+    np.testing.assert_allclose(logits.detach().numpy(), expected, rtol=0, atol=1e-4)
     # the fall-back really differs from cos(theta + m) there, so the check above can fail
     naive = s * np.cos(theta[fallback] + m)
     assert np.abs(naive - expected[np.arange(batch), labels.numpy()][fallback]).min() > 0.1
     # no margin without labels, and finite gradients everywhere
-    np.testing.assert_allclose(head(emb)[0].detach().numpy(), s * cos.detach().numpy(), atol=1e-4)
+    np.testing.assert_allclose(head(emb)[0].detach().numpy(), s * cos.detach().numpy(), atol=1e-9)
     torch.nn.functional.cross_entropy(logits, labels).backward()
     assert torch.isfinite(emb.grad).all() and torch.isfinite(head.weight.grad).all()
+    head32, emb32 = head.float(), emb.detach().float().requires_grad_(True)  # float32 at theta = 0: still finite
+    torch.nn.functional.cross_entropy(head32(emb32, labels)[0], labels).backward()
+    assert torch.isfinite(emb32.grad).all()
 
 
 def test_softmax_head_is_plain_linear():
@@ -106,7 +110,7 @@ def test_trainable_sets_beats_base_by_name():
     bias = "encoder.layers.0.self_attn.relative_attention_bias.weight"
     assert bias in names and sum("relative_attention_bias" in n for n in names) == 1  # shared: listed once
     top4 = _layer_names(names, "encoder.layers", range(8, 12))
-    assert len(top4) == 4 * 17
+    assert len(top4) == 4 * 19  # q,k,v,out (8) + grep_linear (2) + grep_a + 2 LayerNorms (4) + fc1, fc2 (4)
     authors = top4 | {"layer_norm.weight", "layer_norm.bias", "post_extract_proj.weight", "post_extract_proj.bias",
                       bias}
     assert set(trainable_names(enc, "aau-beats")) == authors
@@ -196,7 +200,7 @@ def test_resume_after_crash_equals_uninterrupted(dev_manifest, tmp_path):
 def test_checkpoints_logs_and_cache(dev_manifest, tmp_path):
     kw = dict(_FAST, machines=["fan"], epochs=3, keep_epochs=[1], head="softmax", trainable="top_k", top_k=1,
               dropout=False, layerdrop=False)
-    ckpt = finetune(dev_manifest, "sslam-tiny", tmp_path, backbone_id="sslam", **kw)
+    ckpt = finetune(dev_manifest, "sslam-tiny", tmp_path, backbone_id="sslam", recipe="aau", **kw)
     assert ckpt == tmp_path / "checkpoints" / "sslam"
     assert sorted(p.name for p in ckpt.glob("epoch_*.pt")) == ["epoch_001.head.pt", "epoch_001.pt",
                                                                "epoch_003.head.pt", "epoch_003.pt"]
@@ -207,12 +211,15 @@ def test_checkpoints_logs_and_cache(dev_manifest, tmp_path):
     enc = backbones.load_backbone(str(ckpt / "epoch_003.pt"))  # official format, loads back
     assert enc.kind == "eat"
     head, classes = load_head(ckpt / "epoch_003.head.pt")
-    assert isinstance(head, SoftmaxHead) and len(classes) == 8  # fan: 3 speeds x source + 1 target... x 2 ch
+    from asd_lib.data import class_labels
+
+    assert isinstance(head, SoftmaxHead)
+    assert classes == class_labels(dev_manifest[dev_manifest["machine"] == "fan"], channels=True)
+    assert all(c.startswith("fan_sec00_") and c.endswith(("_ch0", "_ch1")) for c in classes)
     cache = sorted((tmp_path / "fbank").rglob("*.npy"))
     assert [p.parent.name for p in cache] == ["aau"] and len(cache) == 1
     mtime = cache[0].stat().st_mtime_ns
-    finetune(dev_manifest, "sslam-tiny", tmp_path / "again", **kw)  # other out_dir: own cache
-    finetune(dev_manifest, "sslam-tiny", tmp_path, backbone_id="sslam", resume=False, **kw)
+    finetune(dev_manifest, "sslam-tiny", tmp_path, backbone_id="sslam", recipe="aau", resume=False, **kw)
     assert cache[0].stat().st_mtime_ns == mtime  # the regime's cache was reused, not rewritten
 
 
@@ -253,9 +260,6 @@ def test_finetuning_lowers_loss_and_separates_classes(dev_manifest, tmp_path):
     before = _class_separation(backbones.load_backbone(str(ckpt / "epoch_000.pt")), train)
     after = _class_separation(backbones.load_backbone(str(ckpt / "epoch_006.pt")), train)
     print(f"1-NN accuracy {before[0]:.3f} -> {after[0]:.3f}; silhouette {before[1]:.3f} -> {after[1]:.3f}")
-    assert after[1] - before[1] > MARGIN_SILHOUETTE
-    assert after[0] - before[0] > MARGIN_KNN
-
-
-MARGIN_SILHOUETTE = 0.05
-MARGIN_KNN = 0.0
+    # measured (seed 0): silhouette 0.129 -> 0.259, 1-NN 0.675 -> 0.713
+    assert after[1] - before[1] > 0.08
+    assert after[0] >= before[0]

@@ -118,8 +118,18 @@ class WeightNormConv1d(nn.Module):
 
     def weight(self) -> torch.Tensor:
         """Effective conv weight g * v / ||v||, norm over dims (0, 1) for each kernel tap."""
-        norm = self.weight_v.norm(dim=(0, 1), keepdim=True)
-        return self.weight_v * (self.weight_g / norm)
+        if not torch.is_grad_enabled():  # inference: reuse while g and v are unchanged
+            key = (self.weight_g._version, self.weight_v._version, self.weight_v.data_ptr(), self.weight_v.device)
+            if getattr(self, "_cache_key", None) == key:
+                return self._cache
+        v = self.weight_v
+        norm = torch.linalg.vector_norm(v.reshape(-1, v.shape[-1]), dim=0).view(1, 1, -1)
+        w = v * (self.weight_g / norm)
+        if not torch.is_grad_enabled():
+            self._cache_key, self._cache = key, w
+        else:
+            self._cache_key = None
+        return w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, L) -> (B, C, L + 1 - K % 2)."""
@@ -141,16 +151,23 @@ class BEATsAttention(nn.Module):
         # Shared: the encoder replaces this by layer 0's module in every layer.
         self.relative_attention_bias = nn.Embedding(num_buckets, heads, _weight=torch.zeros(num_buckets, heads))
 
-    def forward(self, x: torch.Tensor, pos_bias: torch.Tensor) -> torch.Tensor:
-        """x (B, L, D), pos_bias (H, L, L) ungated -> (B, L, D)."""
+    def forward(self, x: torch.Tensor, pos_bias: torch.Tensor, workspace: dict | None = None) -> torch.Tensor:
+        """x (B, L, D), pos_bias (H, L, L) ungated -> (B, L, D). ``workspace`` lends a reusable mask buffer."""
         b, n, d = x.shape
         h, hd = self.heads, self.head_dim
-        q = self.q_proj(x).view(b, n, h, hd).transpose(1, 2)  # (B, H, L, hd), unscaled
-        k = self.k_proj(x).view(b, n, h, hd).transpose(1, 2)
-        v = self.v_proj(x).view(b, n, h, hd).transpose(1, 2)
+        # one GEMM for q, k, v (rows [q; k; v]); q stays unscaled for the gate
+        w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        q, k, v = F.linear(x, w, bias).view(b, n, 3, h, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, hd)
         g = torch.sigmoid(self.grep_linear(q).view(b, h, n, 2, 4).sum(-1))  # (B, H, L, 2)
         gate = g[..., :1] * (g[..., 1:] * self.grep_a - 1.0) + 2.0  # (B, H, L, 1)
-        mask = gate * pos_bias  # (B, H, L, L) float bias added to the logits
+        if torch.is_grad_enabled() or workspace is None:
+            mask = gate * pos_bias  # (B, H, L, L) float bias added to the logits
+        else:  # inference: one buffer for all layers (fresh 100 MB tensors cost page faults on CPU)
+            buf = workspace.get("mask")
+            if buf is None or buf.shape != (b, h, n, n) or buf.dtype != gate.dtype:
+                buf = workspace["mask"] = torch.empty((b, h, n, n), dtype=gate.dtype, device=gate.device)
+            mask = torch.mul(gate, pos_bias, out=buf)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                              dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
@@ -171,9 +188,9 @@ class BEATsLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(d)
         self.p_drop, self.p_act = float(cfg["dropout"]), float(cfg["activation_dropout"])
 
-    def forward(self, x: torch.Tensor, pos_bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos_bias: torch.Tensor, workspace: dict | None = None) -> torch.Tensor:
         """x (B, L, D) -> (B, L, D)."""
-        a = F.dropout(self.self_attn(x, pos_bias), self.p_drop, self.training)
+        a = F.dropout(self.self_attn(x, pos_bias, workspace), self.p_drop, self.training)
         x = self.self_attn_layer_norm(x * self.alpha + a)
         y = F.dropout(F.gelu(self.fc1(x)), self.p_act, self.training)
         y = F.dropout(self.fc2(y), self.p_drop, self.training)
@@ -207,7 +224,7 @@ class BEATsTransformer(nn.Module):
             idx = relative_position_buckets(length, int(self.cfg["num_buckets"]), int(self.cfg["max_distance"]))
             self._buckets = {length: idx}  # keep only the latest length
         table = self.relative_attention_bias.weight
-        return F.embedding(idx.to(table.device), table).permute(2, 0, 1)
+        return F.embedding(idx.to(table.device), table).permute(2, 0, 1).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, L, D) -> (B, L, D)."""
@@ -220,12 +237,13 @@ class BEATsTransformer(nn.Module):
         bias = self.position_bias(x.shape[1])
         ratio = float(self.cfg["layer_wise_gradient_decay_ratio"])
         layerdrop = float(self.cfg["encoder_layerdrop"])
+        workspace: dict = {}
         for layer in self.layers:
             if ratio != 1.0 and torch.is_grad_enabled():
                 x = _GradScale.apply(x, ratio)
             if self.training and layerdrop > 0 and torch.rand(()) < layerdrop:
                 continue  # layerdrop skips the whole layer in train mode (frozen layers too), as the reference
-            x = layer(x, bias)
+            x = layer(x, bias, workspace)
         return x
 
 

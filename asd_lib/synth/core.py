@@ -133,7 +133,10 @@ def plan_machine(machine: str, preset: Preset, seed: int) -> tuple[list[ClipSpec
             specs.append(ClipSpec(machine, f"{base}/test/{ev}", dev_name, "test", dom, lab, idx, attr,
                                   int(lens[j]), key, eval_name=ev))
         lengths = sorted({round(int(v) / SAMPLE_RATE, 3) for v in lens})
-    facts = dict(kept_target=kept, all_target=list(VOCAB[machine]["target"]), source=list(VOCAB[machine]["source"]),
+    used_src = sorted({s.attributes for s in specs if s.split == "train" and s.domain == "source"},
+                      key=VOCAB[machine]["source"].index)
+    facts = dict(kept_target=kept, all_target=list(VOCAB[machine]["target"]), source=used_src,
+                 all_source=list(VOCAB[machine]["source"]),
                  train_length_s=round(n_dev / SAMPLE_RATE, 3), test_lengths_s=lengths)
     return specs, facts
 
@@ -238,8 +241,11 @@ def summary_table(summary: dict) -> str:
                          te_tN=c.get("test_target_normal", 0), te_tA=c.get("test_target_anomaly", 0),
                          test_names=v["test_style"], train_s=v["train_length_s"],
                          test_s="/".join(f"{x:g}" for x in v["test_lengths_s"]),
-                         src_combos=len(v["source"]), tgt_combos=f"{len(v['kept_target'])}/{len(v['all_target'])}",
+                         src_combos=f"{len(v['source'])}/{len(v['all_source'])}", tgt_combos=f"{len(v['kept_target'])}/{len(v['all_target'])}",
                          MB=round(v["bytes"] / 1e6, 1)))
+        if len(v["source"]) < len(v["all_source"]):
+            notes.append(f"  {m}: source training has {len(v['source'])} of {len(v['all_source'])} "
+                         f"combinations: {', '.join(v['source'])}")
         if len(v["kept_target"]) < len(v["all_target"]):
             notes.append(f"  {m}: target training keeps {len(v['kept_target'])} of {len(v['all_target'])} "
                          f"combinations: {', '.join(v['kept_target'])}")
@@ -249,7 +255,7 @@ def summary_table(summary: dict) -> str:
            f"({summary['disk_bytes'] / 2**30:.2f} GiB) on disk",
            df.to_string(index=False)]
     if notes:
-        out.append("classes: target combinations absent from training (test clips still use them):")
+        out.append("classes: attribute combinations absent from training (test clips still use them):")
         out += notes
     dev = sum(len(v["source"]) + len(v["kept_target"]) for m, v in summary["machines"].items() if v["set"] == "dev")
     allc = sum(len(v["source"]) + len(v["kept_target"]) for v in summary["machines"].values())

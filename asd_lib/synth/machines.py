@@ -117,7 +117,7 @@ def toycar(rng, n, sr, attrs, domain, fault, sev):
 def bearing(rng, n, sr, attrs, domain, fault, sev):
     """Rolling bearing: broadband noise + faint rotation lines; race defects give BPFO/BPFI impulse trains."""
     dur = n / sr
-    f_r = rng.uniform(20.0, 30.0) if domain == "source" else rng.uniform(33.0, 42.0)
+    f_r = rng.uniform(20.0, 30.0) if domain == "source" else rng.uniform(34.0, 39.0)
     res = 3200.0 if domain == "source" else 4300.0  # housing resonance moves with the mounting
     ph = dsp.phase(rng, n, sr, f_r, 0.002)
     x = 0.15 * dsp.harmonics(rng, ph, [1.0, 0.5, 0.2])
@@ -125,9 +125,9 @@ def bearing(rng, n, sr, attrs, domain, fault, sev):
     nb, dD, phi = 9, 0.25, 0.0
     bpfo = nb / 2 * f_r * (1 - dD * np.cos(phi))
     bpfi = nb / 2 * f_r * (1 + dD * np.cos(phi))
-    a = 0.9 * sev
+    a = 5.0 * sev
     if fault == "outer_race":
-        x += dsp.ring(n, sr, dsp.periodic_times(rng, dur, bpfo, 0.01), a, res * 1.1, 0.0012, rng, 0.05)
+        x += dsp.ring(n, sr, dsp.periodic_times(rng, dur, bpfo, 0.01), a, res * 1.1, 0.002, rng, 0.05)
     elif fault == "inner_race":
         tk = dsp.periodic_times(rng, dur, bpfi, 0.01)
         mod = 0.5 * (1 + np.cos(TWO_PI * f_r * tk + rng.uniform(0, 6.3)))
@@ -144,24 +144,24 @@ def fan(rng, n, sr, attrs, domain, fault, sev):
     spd = _num(attrs, "spd", 2)
     f_r = (10.0 + 4.0 * spd) * rng.uniform(0.99, 1.01)
     if fault == "voltage":  # over/under voltage: speed off by a few per cent
-        f_r *= 1 + rng.choice([-1, 1]) * 0.08 * sev
+        f_r *= 1 + rng.choice([-1, 1]) * 0.15 * sev
     if fault == "clogging":
         f_r *= 1 - 0.03 * sev
     blades = 6 if domain == "source" else 7  # target: another fan unit
     ph = dsp.phase(rng, n, sr, f_r, 0.003)
     bpf = dsp.harmonics(rng, blades * ph, [1.0, 0.5, 0.3, 0.15, 0.1])
     if fault == "imbalance":
-        bpf *= 1 + 0.6 * sev * np.sin(TWO_PI * ph)
+        bpf *= 1 + 0.9 * sev * np.sin(TWO_PI * ph)
     x = 0.6 * bpf + 0.1 * dsp.harmonics(rng, ph, [1.0, 0.6])
     x += 0.1 * np.sin(TWO_PI * 100.0 * np.arange(n) / sr) + 0.05 * dsp.tone(rng, ph, 24)
-    turb = (spd / 2.0) ** 1.5
+    turb = 0.7 * (spd / 2.0) ** 1.5
     x += turb * dsp.noise(rng, n, sr, lambda f: (f / 200.0) ** -0.5 * dsp.bandpass_mag(f, 40.0, 6000.0))
     if fault == "wing_damage":  # broken symmetry: every harmonic of f_r
-        x += 0.4 * sev * dsp.harmonics(rng, ph, [1.0 / k ** 0.5 for k in range(1, 25)])
+        x += 0.9 * sev * dsp.harmonics(rng, ph, [1.0 / k ** 0.5 for k in range(1, 25)])
     elif fault == "imbalance":
-        x += 0.5 * sev * dsp.tone(rng, ph)
+        x += 1.0 * sev * dsp.tone(rng, ph)
     elif fault == "clogging":
-        x += 0.8 * sev * turb * dsp.noise(rng, n, sr, lambda f: dsp.bandpass_mag(f, 1000.0, 4000.0))
+        x += 1.5 * sev * turb * dsp.noise(rng, n, sr, lambda f: dsp.bandpass_mag(f, 1000.0, 4000.0))
     return x
 
 
@@ -179,7 +179,7 @@ def gearbox(rng, n, sr, attrs, domain, fault, sev):
         load *= 1 + 0.8 * sev
         f_s *= 1 - 0.03 * sev
     ph = dsp.phase(rng, n, sr, f_s * rng.uniform(0.99, 1.01), 0.002)
-    side = 0.1 * load + (0.4 * sev if fault in ("broken_tooth", "overload") else 0.0)
+    side = 0.1 * load + (0.7 * sev if fault in ("broken_tooth", "overload") else 0.0)
     mh = [1.0, 0.45, 0.25, 0.12]
     if fault == "wear":
         mh = [1.0, 0.45 * (1 + 1.2 * sev), 0.25 * (1 + 2 * sev), 0.12 * (1 + 3 * sev)]
@@ -187,7 +187,7 @@ def gearbox(rng, n, sr, attrs, domain, fault, sev):
     x = (0.5 + load) * mesh + 0.2 * dsp.harmonics(rng, ph, [1.0, 0.3])
     x += 0.4 * dsp.noise(rng, n, sr, lambda f: dsp.bandpass_mag(f, 100.0, 5000.0, 1.0))
     if fault == "broken_tooth":
-        x += dsp.ring(n, sr, dsp.periodic_times(rng, dur, f_s, 0.003), 2.0 * sev, 2600.0, 0.002, rng, 0.03)
+        x += dsp.ring(n, sr, dsp.periodic_times(rng, dur, f_s, 0.003), 4.0 * sev, 2600.0, 0.002, rng, 0.03)
     elif fault == "wear":
         x += 0.3 * sev * dsp.noise(rng, n, sr, lambda f: dsp.bandpass_mag(f, 1500.0, 4000.0)) * (0.5 + 0.5 * np.abs(mesh))
     return x
@@ -211,7 +211,7 @@ def slider(rng, n, sr, attrs, domain, fault, sev):
     f_whine = 350.0 + 500.0 * v
     ph = np.cumsum(f_whine) / sr
     x = 0.8 * v * dsp.harmonics(rng, ph, [1.0, 0.4, 0.25, 0.1])
-    fric = 0.3 * (1 + 3.0 * sev if fault == "no_grease" else 1.0)
+    fric = 0.3 * (1 + 1.0 * sev if fault == "no_grease" else 1.0)
     x += fric * v * dsp.noise(rng, n, sr, lambda f: dsp.bandpass_mag(f, 1000.0, 5000.0))
     k = np.arange(-1, int(dur / period * 2) + 3)
     rev = (k / 2.0 - (cyc[0] % 1.0) + 0.0) * period
@@ -219,11 +219,11 @@ def slider(rng, n, sr, attrs, domain, fault, sev):
     x += dsp.ring(n, sr, rev, 0.8, 1800.0, 0.004, rng, 0.03)
     if fault == "rail_damage":  # scraping at the same place of each forward stroke
         burst = ((pos_in > 0.18) & (pos_in < 0.22)).astype(float)
-        x += 1.5 * sev * burst * dsp.noise(rng, n, sr, lambda f: dsp.bandpass_mag(f, 2500.0, 7000.0))
+        x += 0.6 * sev * burst * dsp.noise(rng, n, sr, lambda f: dsp.bandpass_mag(f, 2500.0, 7000.0))
     elif fault == "loose_belt":
-        x += dsp.ring(n, sr, rev + 0.01, 1.5 * sev, 300.0, 0.01)
+        x += dsp.ring(n, sr, rev + 0.01, 0.5 * sev, 300.0, 0.01)
     elif fault == "no_grease":
-        x += 0.3 * sev * v * np.sin(TWO_PI * 2200.0 * t)
+        x += 0.1 * sev * v * np.sin(TWO_PI * 2200.0 * t)
     return x
 
 
@@ -233,7 +233,7 @@ def valve(rng, n, sr, attrs, domain, fault, sev):
     period = rng.uniform(0.35, 0.45) if domain == "source" else rng.uniform(0.55, 0.65)
     open_frac = 0.4
     if fault == "pattern":
-        open_frac *= 1 + rng.choice([-1, 1]) * 0.5 * sev
+        open_frac *= 1 + rng.choice([-1, 1]) * 0.3 * sev
     t_open = dsp.periodic_times(rng, dur, 1.0 / period, 0.01)
     t_close = t_open + open_frac * period
     t = np.arange(n) / sr
@@ -247,8 +247,8 @@ def valve(rng, n, sr, attrs, domain, fault, sev):
     x = 0.8 * env * dsp.noise(rng, n, sr, lambda f: dsp.bandpass_mag(f, *flow_band))
     res, dec = 3000.0, 0.002
     if fault == "contamination":  # particles: duller, longer ringing and a leak between events
-        res, dec = 3000.0 * (1 - 0.4 * sev), 0.002 * (1 + 2 * sev)
-        x += 0.35 * sev * (1 - env) * dsp.noise(rng, n, sr, lambda f: dsp.bandpass_mag(f, 3000.0, 7000.0))
+        res, dec = 3000.0 * (1 - 0.25 * sev), 0.002 * (1 + 1.2 * sev)
+        x += 0.15 * sev * (1 - env) * dsp.noise(rng, n, sr, lambda f: dsp.bandpass_mag(f, 3000.0, 7000.0))
     x += dsp.ring(n, sr, t_open, 1.5, res, dec, rng, 0.05) + dsp.ring(n, sr, t_close, 2.5, res * 0.8, dec, rng, 0.05)
     del t
     return x
@@ -284,7 +284,7 @@ def drone(rng, n, sr, attrs, domain, fault, sev):
 def toothbrush(rng, n, sr, attrs, domain, fault, sev):
     """Sonic toothbrush: ~250 Hz oscillation buzz with odd harmonics, brush contact noise modulated by it."""
     f0 = rng.uniform(255.0, 262.0) if domain == "source" else rng.uniform(238.0, 246.0)
-    jit = 0.03 * sev if fault == "motor_irregular" else 0.0
+    jit = 0.02 * sev if fault == "motor_irregular" else 0.0
     ph = dsp.phase(rng, n, sr, f0, 0.002 + jit, 8.0)
     x = 0.6 * dsp.harmonics(rng, ph, [1.0, 0.2, 0.5, 0.1, 0.3, 0.05, 0.15])
     band = (2000.0, 7000.0) if fault != "worn_head" else (2000.0 * (1 - 0.5 * sev), 7000.0 * (1 - 0.5 * sev))
@@ -352,9 +352,9 @@ def sander(rng, n, sr, attrs, domain, fault, sev):
     if grit <= 60:  # coarse grit: crackle
         x += dsp.ring(n, sr, dsp.poisson_times(rng, dur, 80.0), 0.4, 1800.0, 0.001, rng, 0.2)
     if fault == "pad_damage":
-        x += dsp.ring(n, sr, dsp.periodic_times(rng, dur, f_o, 0.01), 0.8 * sev, 600.0, 0.003)
+        x += dsp.ring(n, sr, dsp.periodic_times(rng, dur, f_o, 0.01), 2.0 * sev, 600.0, 0.003)
     elif fault == "bearing_wear":
-        x += dsp.ring(n, sr, dsp.periodic_times(rng, dur, 3.6 * f_o, 0.02), 0.6 * sev, 5200.0, 0.001, rng, 0.05)
+        x += dsp.ring(n, sr, dsp.periodic_times(rng, dur, 3.6 * f_o, 0.02), 2.0 * sev, 5200.0, 0.001, rng, 0.05)
     return x
 
 
