@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VPY) -m asd_lib.demo
+	$(VPY) -m asd_lib.run --system all --params params/demo.yaml
 
 test: $(STAMP)
 	$(VPY) -m pytest tests

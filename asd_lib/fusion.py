@@ -242,7 +242,12 @@ def fuse_offline(score_root: str | Path, models: Sequence[str], scorers: Sequenc
 
 def _common_calib(sc: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]], scorers, models) -> list[str]:
     sets = [set(sc[s][m]["calib_names"].tolist()) for s in scorers for m in models]
-    return sorted(set.intersection(*sets))
+    common = sorted(set.intersection(*sets))
+    if not common:
+        raise ValueError("fuse_online: no calibration clip is shared by all scorers and models, so fused calibration "
+                         "scores (and the decision threshold) cannot be formed; re-run score_embeddings with one "
+                         "seed for all models (it stores calib_names), or use decision='aau-minmax'")
+    return common
 
 
 def fuse_online(score_root: str | Path, models: Sequence[str], scorers: Sequence[str] = ONLINE_DEFAULT_SCORERS,

@@ -14,18 +14,19 @@ pytest.importorskip("asd_lib.backbones")
 
 ROOT = Path(__file__).resolve().parents[1]
 
-WORKER = textwrap.dedent("""
+# dropout and layer-drop draw per-process random masks, so they are off for an exact comparison; gradient decay,
+# augmentation (drawn per sample from the seed) and accumulation (no_sync on the first micro-batch) stay on.
+KWARGS = dict(machines=["fan", "valveEmu"], epochs=1, batch_size=8, accum=2, duration=1.0, warmup_epochs=0.5,
+              lr_backbone=1e-3, lr_head=1e-2, dropout=False, layerdrop=False, time_shift=0.2, fbank_noise_std=0.1,
+              seed=5, device="cpu", progress=False, verbose=False)
+
+WORKER = textwrap.dedent(f"""
     import sys
     from asd_lib.data import scan
     from asd_lib.finetune import finetune
 
     man = scan(sys.argv[1])
-    man = man[man["set"] == "dev"]
-    # dropout and layer-drop draw per-process random masks, so they are off for an exact comparison; gradient
-    # decay, augmentation (drawn per sample from the seed) and accumulation (no_sync) stay on
-    finetune(man, "beats-tiny", sys.argv[2], machines=["fan", "valveEmu"], epochs=2, batch_size=8, accum=2,
-             duration=1.0, warmup_epochs=0.5, lr_backbone=1e-3, lr_head=1e-2, dropout=False, layerdrop=False,
-             time_shift=0.2, fbank_noise_std=0.1, seed=5, device="cpu", progress=False, verbose=False)
+    finetune(man[man["set"] == "dev"], "beats-tiny", sys.argv[2], **{KWARGS!r})
 """)
 
 
@@ -39,19 +40,25 @@ def _run(cmd: list[str], cwd: Path) -> None:
 def test_two_gloo_processes_match_one_process(tiny_data, tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    _run([sys.executable, str(script), str(tiny_data), str(tmp_path / "one")], tmp_path)
+    from asd_lib.data import scan
+    from asd_lib.finetune import finetune
+
+    man = scan(tiny_data)
+    finetune(man[man["set"] == "dev"], "beats-tiny", tmp_path / "one", **KWARGS)  # 1 process, in this one
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
           str(tiny_data), str(tmp_path / "two")], tmp_path)
-    a = torch.load(tmp_path / "one/checkpoints/beats/epoch_002.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "two/checkpoints/beats/epoch_002.pt", weights_only=True)["model"]
-    start = None
+    a = torch.load(tmp_path / "one/checkpoints/beats/epoch_001.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "two/checkpoints/beats/epoch_001.pt", weights_only=True)["model"]
     from asd_lib.backbones import load_backbone
 
     start = load_backbone("beats-tiny").state_dict()
     moved = [k for k in a if not torch.equal(a[k], start[k])]
     assert len(moved) > 20  # training changed the weights, so the comparison means something
     for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+        # k_proj.bias gets an exactly-zero gradient in exact arithmetic (softmax ignores a shift of every key), so
+        # AdamW turns summation-order rounding into lr-sized steps there: compared at the scale of lr only
+        atol = 1e-3 if k.endswith("k_proj.bias") else 1e-5
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
     log1 = (tmp_path / "one/checkpoints/beats/log.csv").read_text().splitlines()
     log2 = (tmp_path / "two/checkpoints/beats/log.csv").read_text().splitlines()
     loss1 = [float(r.split(",")[1]) for r in log1[1:]]

@@ -172,8 +172,11 @@ def test_resume_after_crash_equals_uninterrupted(dev_manifest, tmp_path):
     kw = dict(_FAST, machines=["fan", "valveEmu"], epochs=2, accum=2, time_shift=0.2, fbank_noise_std=0.1,
               seed=3, save_every_steps=2, keep_epochs=[1])
     ref = finetune(dev_manifest, "beats-tiny", tmp_path / "a", **kw)
+    # 56 samples / 8 = 7 micro-batches = 4 optimiser steps per epoch; the state saved at step 6 is mid-epoch 2
     with pytest.raises(RuntimeError, match="test hook"):
-        finetune(dev_manifest, "beats-tiny", tmp_path / "b", _crash_after_step=5, **kw)  # epoch 2, mid-epoch
+        finetune(dev_manifest, "beats-tiny", tmp_path / "b", _crash_after_step=7, **kw)
+    state = torch.load(tmp_path / "b/checkpoints/beats/last.pt", weights_only=False)
+    assert (state["epoch"], state["micro"], state["global_step"]) == (2, 4, 6)
     got = finetune(dev_manifest, "beats-tiny", tmp_path / "b", **kw)
     for epoch in (1, 2):
         a = torch.load(ref / f"epoch_{epoch:03d}.pt", weights_only=True)["model"]

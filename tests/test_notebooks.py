@@ -1,0 +1,130 @@
+"""The committed notebooks: numbering, skeleton, parameters cells that agree with params/*.yaml, clean and executed.
+
+nbval itself (re-executing the notebooks and comparing the `# NBVAL_CHECK_OUTPUT` cells) runs from the Makefile:
+    pytest --nbval-lax --sanitize-with tests/nbval_sanitize.cfg notebooks/
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from asd_lib import nbclean, params as P
+from asd_lib.run import NOTEBOOKS
+
+ROOT = Path(__file__).resolve().parents[1]
+NB_DIR = ROOT / "notebooks"
+NAME_RE = re.compile(r"^(\d{2})([a-z]?)_[a-z0-9]+(_[a-z0-9]+)*\.ipynb$")
+NOTEBOOK_FILES = sorted(p for p in NB_DIR.glob("*.ipynb") if not p.name.startswith("_"))
+OVERLAYS = sorted(p for p in P.PARAMS_DIR.glob("*.yaml") if p.stem not in ("base", *P.SYSTEMS))
+
+
+def _nb(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _src(cell: dict) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def test_notebook_names_follow_the_numbering_and_the_runner():
+    names = [p.name for p in NOTEBOOK_FILES]
+    bad = [n for n in names if not NAME_RE.match(n)]
+    assert not bad, f"notebook names must be NN[a]_words.ipynb: {bad}"
+    prefixes = [NAME_RE.match(n).group(1) + NAME_RE.match(n).group(2) for n in names]
+    assert len(set(prefixes)) == len(prefixes), f"duplicate numbers: {prefixes}"
+    assert names == sorted(names)
+    assert [n + ".ipynb" for n, _ in NOTEBOOKS] == names, "asd_lib.run.NOTEBOOKS must list notebooks/ in order"
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_skeleton(path: Path):
+    nb = _nb(path)
+    cells = nb["cells"]
+    assert cells[0]["cell_type"] == "markdown" and _src(cells[0]).startswith("# "), "first cell: H1 title"
+    assert len(_src(cells[0]).strip().splitlines()) >= 3, "title plus one line on what it teaches"
+    assert cells[1]["metadata"].get("tags") == ["parameters"], "second cell: the parameters cell"
+    code = [_src(c) for c in cells if c["cell_type"] == "code"]
+    assert sum(s.count("plots.setup(") for s in code) == 1, "exactly one setup call"
+    md = "\n".join(_src(c) for c in cells if c["cell_type"] == "markdown")
+    for heading in ("## Artifacts written", "## Summary", "## Exercises"):
+        assert heading in md, f"missing section {heading!r}"
+    for s in code:
+        if "NBVAL_CHECK_OUTPUT" in s:
+            assert s.splitlines()[0].strip() == "# NBVAL_CHECK_OUTPUT", "marker on its own first line"
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_parameters_cell_is_plain_literals_matching_the_smoke_config(path: Path):
+    declared = P.notebook_parameters(path)  # raises on anything but `name = literal`
+    smoke = P.load("dev_offline", [P.PARAMS_DIR / "smoke.yaml"]).values
+    base = P.read_yaml(P.PARAMS_DIR / "base.yaml")
+    for name, default in declared.items():
+        assert name in base, f"{path.name} declares {name!r}, which params/base.yaml does not hold"
+        assert default == smoke[name], f"{path.name}: default {name} = {default!r}, smoke config has {smoke[name]!r}"
+    cell = next(c for c in _nb(path)["cells"] if "parameters" in c["metadata"].get("tags", []))
+    for line in _src(cell).splitlines():
+        assert "#" in line, f"{path.name}: parameter line without a comment: {line!r}"
+
+
+@pytest.mark.parametrize("overlay", [None, *OVERLAYS], ids=lambda p: "none" if p is None else p.stem)
+@pytest.mark.parametrize("system", P.SYSTEMS)
+def test_every_params_file_agrees_with_the_notebooks(system: str, overlay: Path | None):
+    declared = P.declared_parameters(NOTEBOOK_FILES)
+    params = P.load(system, [overlay] if overlay else [])
+    P.validate(params, declared)  # unknown keys and type mismatches raise
+    assert params["system"] == system
+
+
+def test_base_yaml_is_the_complete_reference():
+    declared = set().union(*P.declared_parameters(NOTEBOOK_FILES).values())
+    base = set(P.read_yaml(P.PARAMS_DIR / "base.yaml"))
+    assert declared == base, f"declared but not in base: {declared - base}; in base but unused: {base - declared}"
+
+
+def test_online_and_offline_systems_share_the_regime_stages():
+    declared = P.declared_parameters(NOTEBOOK_FILES)
+    for regime in ("dev", "devadd"):
+        on, off = P.load(f"{regime}_online"), P.load(f"{regime}_offline")
+        for name, scope in NOTEBOOKS:
+            if scope == "regime":
+                d = declared[name + ".ipynb"]
+                assert P.inject(on, d) == P.inject(off, d), f"{name} would run twice for {regime}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_committed_notebook_is_executed_in_order(path: Path):
+    code = [c for c in _nb(path)["cells"] if c["cell_type"] == "code"]
+    counts = [c.get("execution_count") for c in code]
+    assert counts == list(range(1, len(code) + 1)), f"{path.name}: execution counts {counts}"
+    errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, f"{path.name} was committed with an error output"
+    assert path.stat().st_size < 1_500_000, f"{path.name} is {path.stat().st_size} bytes; keep outputs small"
+
+
+def test_notebooks_are_clean():
+    out = subprocess.run([sys.executable, "-m", "asd_lib.nbclean", "--check", str(NB_DIR)], capture_output=True,
+                         text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_nbclean_drops_run_metadata_and_keeps_tags_and_outputs(tmp_path: Path):
+    nb = _nb(NOTEBOOK_FILES[0])
+    dirty = json.loads(json.dumps(nb))
+    dirty["metadata"]["papermill"] = {"duration": 1.0}
+    dirty["metadata"]["language_info"]["version"] = "3.11.7"
+    dirty["cells"][1]["metadata"]["execution"] = {"iopub.status.busy": "2026-01-01T00:00:00"}
+    dirty["cells"][1]["metadata"]["papermill"] = {"status": "completed"}
+    path = tmp_path / "00_x.ipynb"
+    path.write_text(json.dumps(dirty))
+    assert nbclean.main(["--check", str(path)]) == 1
+    assert nbclean.main([str(path)]) == 0
+    cleaned = _nb(path)
+    assert "papermill" not in cleaned["metadata"] and "version" not in cleaned["metadata"]["language_info"]
+    assert cleaned["cells"][1]["metadata"] == {"tags": ["parameters"]}
+    assert [c.get("outputs") for c in cleaned["cells"]] == [c.get("outputs") for c in nb["cells"]]
+    assert nbclean.main(["--check", str(path)]) == 0  # idempotent

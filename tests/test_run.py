@@ -1,0 +1,182 @@
+"""The runner and the parameters: merging, validation, stage reuse, failures, and one end-to-end smoke system."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from asd_lib import params as P, run
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(P.PARAMS_DIR / "smoke.yaml")
+
+
+def _overlay(tmp_path: Path, name: str, values: dict) -> str:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    return subprocess.run([sys.executable, "-m", "asd_lib.run", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------------------------- parameters
+
+
+def test_merge_order_and_provenance(tmp_path: Path):
+    extra = _overlay(tmp_path, "extra.yaml", {"knn_k": 3})
+    p = P.load("dev_online", [SMOKE, extra])
+    assert p["fusion_mode"] == "online" and p.sources["fusion_mode"] == "params/dev_online.yaml"
+    assert p["beats_checkpoint"] == "beats-tiny" and p.sources["beats_checkpoint"] == "params/smoke.yaml"
+    assert p["knn_k"] == 3 and p.sources["knn_k"] == extra
+    assert p["arcface_m"] == 0.2 and p.sources["arcface_m"] == "params/base.yaml"
+
+
+def test_unknown_parameter_names_key_and_file(tmp_path: Path):
+    bad = _overlay(tmp_path, "typo.yaml", {"knn_kk": 6})
+    p = P.load("dev_offline", [bad])
+    declared = {"03a_score_knn.ipynb": {"knn_k": 6}, "x.ipynb": {k: v for k, v in p.values.items() if k != "knn_kk"}}
+    with pytest.raises(P.ParamsError, match=r"'knn_kk' \(set in .*typo.yaml\)"):
+        P.validate(p, declared)
+
+
+def test_type_mismatch_names_notebook(tmp_path: Path):
+    p = P.Params({"knn_k": "six"}, {"knn_k": "params/x.yaml"})
+    with pytest.raises(P.ParamsError, match=r"knn_k.*params/x.yaml.*03a_score_knn.ipynb declares it as int"):
+        P.validate(p, {"03a_score_knn.ipynb": {"knn_k": 6}})
+    ok = P.Params({"lr": 1, "flag": True, "xs": [1]}, {})
+    P.validate(ok, {"a.ipynb": {"lr": 0.5, "flag": False, "xs": []}})  # int for float is fine
+    assert P.inject(ok, {"lr": 0.5})["lr"] == 1.0 and isinstance(P.inject(ok, {"lr": 0.5})["lr"], float)
+
+
+def test_nested_yaml_is_refused(tmp_path: Path):
+    with pytest.raises(P.ParamsError, match="nested"):
+        P.read_yaml(_overlay(tmp_path, "nested.yaml", {"a": {"b": 1}}))
+
+
+def test_parameters_cell_must_be_literals():
+    assert P.parse_parameters_source("a = 1  # one\nb = [1, 'x']\n") == {"a": 1, "b": [1, "x"]}
+    with pytest.raises(P.ParamsError, match="not a plain literal"):
+        P.parse_parameters_source("a = 1\nb = a + 1\n", "nb.ipynb")
+    with pytest.raises(P.ParamsError, match="assigned twice"):
+        P.parse_parameters_source("a = 1\na = 2\n")
+
+
+def test_ensemble_scaling_and_plan():
+    models = P.resolve_ensemble(["beats@107", "beats@204", "sslam@100"], 0.01)
+    assert models == ["beats@1", "beats@2", "sslam@1"]
+    assert P.training_plan(models) == {"beats": [1, 2], "sslam": [1]}
+    with pytest.raises(P.ParamsError, match="twice"):
+        P.resolve_ensemble(["beats@107", "beats@108"], 0.01)
+    with pytest.raises(P.ParamsError, match="<backbone>@<epoch>"):
+        P.resolve_ensemble(["beats"])
+
+
+def test_layout_matches_design():
+    L = P.layout("results", "dev", "dev_online")
+    assert L.checkpoint("beats@7") == Path("results/dev/checkpoints/beats/epoch_007.pt")
+    assert L.scores == Path("results/dev/scores") and L.submission == Path("results/dev_online/submission")
+
+
+def test_seed_repeats_go_to_their_own_root():
+    p = P.Params({"seed": 5, "results_dir": "results"}, {})
+    assert run.seed_params(p, 0) is p
+    p2 = run.seed_params(p, 2)
+    assert p2["seed"] == 7 and p2["results_dir"] == str(Path("results") / "seed2")
+
+
+def test_only_selects_by_prefix():
+    assert run.select(["03"]) == ["03a_score_knn", "03b_score_gmm", "03c_score_autoencoder", "03d_score_ldn"]
+    assert run.select(["04b"]) == ["04b_baseline"]
+    with pytest.raises(SystemExit):
+        run.select(["99"])
+
+
+def test_time_table_lists_every_stage():
+    log = run.RunLog([run.StageResult("00_data", "results/dev", "ran", 1.25),
+                      run.StageResult("01_ft", "results/dev", "reused", 0.0)])
+    text = log.table()
+    assert "00_data" in text and "reused" in text and "total" in text and "1.2" in text
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+
+def test_cli_rejects_unknown_key_with_file_name(tmp_path: Path):
+    bad = _overlay(tmp_path, "bad.yaml", {"not_a_parameter": 1})
+    out = _run("--system", "dev_offline", "--params", SMOKE, bad, "--dry-run")
+    assert out.returncode == 2
+    assert "not_a_parameter" in out.stderr and "bad.yaml" in out.stderr
+
+
+def test_cli_rejects_unknown_system():
+    out = _run("--system", "dev_sideways", "--dry-run")
+    assert out.returncode == 2 and "dev_sideways" in out.stderr
+
+
+def test_dry_run_lists_stages_of_a_system():
+    out = _run("--system", "dev_online", "--params", SMOKE, "--dry-run", "--force")
+    assert out.returncode == 0, out.stderr
+    for name in ("00_data_and_labels", "03d_score_ldn", "04_normalise_and_fuse", "05_results_tables"):
+        assert name in out.stdout
+    assert "06_paper_figures" not in out.stdout  # report notebooks beyond the tables run only with several systems
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, tiny_data):
+    """dev_offline on the tiny preset, into a temporary results folder (the first run of this module)."""
+    tmp = tmp_path_factory.mktemp("run")
+    overlay = _overlay(tmp, "where.yaml", {"results_dir": str(tmp / "results"), "figures_dir": str(tmp / "figures"),
+                                          "data_root": str(tiny_data)})
+    t0 = time.perf_counter()
+    out = _run("--system", "dev_offline", "--params", SMOKE, overlay, timeout=900)
+    return tmp, overlay, out, time.perf_counter() - t0
+
+
+def test_end_to_end_dev_offline_on_the_smoke_config(smoke_run):
+    tmp, _, out, seconds = smoke_run
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    res = tmp / "results"
+    params = json.loads((res / "dev_offline" / "params.json").read_text())
+    assert params["values"]["system"] == "dev_offline" and params["sources"]["beats_checkpoint"] == "params/smoke.yaml"
+    subs = sorted((res / "dev_offline" / "submission").glob("anomaly_score_*_section_00_test.csv"))
+    assert len(subs) == 7 and len(list((res / "dev_offline" / "submission").glob("decision_result_*"))) == 7
+    assert (res / "dev_offline" / "result.csv").is_file()
+    for name, scope in run.NOTEBOOKS[:8]:
+        where = "dev" if scope == "regime" else "dev_offline"
+        assert (res / where / "notebooks" / f"{name}.ipynb").is_file(), name
+    assert (res / "baseline" / "MSE").is_dir() and (res / "tables" / "table1.md").is_file()
+    assert "per-stage time" in out.stdout and (res / "dev_offline" / "timings.csv").is_file()
+    print(f"smoke dev_offline end to end: {seconds:.1f} s")
+
+
+def test_second_run_reuses_every_stage(smoke_run):
+    tmp, overlay, first, _ = smoke_run
+    assert first.returncode == 0
+    out = _run("--system", "dev_offline", "--params", SMOKE, overlay)
+    assert out.returncode == 0, out.stderr[-2000:]
+    stage_lines = [ln for ln in out.stdout.splitlines() if ln.startswith("[")]
+    reused = [ln for ln in stage_lines if ln.endswith(")") and ": reused (" in ln]
+    assert stage_lines and len(reused) == len(stage_lines), out.stdout
+
+
+def test_failure_names_notebook_cell_and_executed_copy(smoke_run):
+    tmp, overlay, first, _ = smoke_run
+    broken = _overlay(tmp, "broken.yaml", {"ensemble": ["nosuchbackbone@1"], "epoch_scale": 1.0})
+    out = _run("--system", "dev_offline", "--params", SMOKE, overlay, broken, "--only", "01")
+    assert out.returncode == 1
+    assert "01_finetune_arcface.ipynb failed in cell" in out.stderr
+    assert "nosuchbackbone" in out.stderr
+    assert "executed copy" in out.stderr and "results/dev/notebooks/01_finetune_arcface.ipynb" in out.stderr
