@@ -22,6 +22,8 @@ Choices worth knowing:
 - Each training clip gives one sample per channel in ``train_channels``; with ``classes_with_channel`` the class
   name carries ``_ch{c}`` (90 classes on dev), otherwise not (45 classes, both channels still used as samples).
 - Clips are cropped or zero-padded to ``duration`` seconds from their start (deterministic, so cacheable).
+- Waveform noise: ``noise_std`` (fixed std) or ``noise_snr_db=(lo, hi)`` (the authors' form: SNR drawn per sample,
+  applied with probability ``noise_prob``).
 - Time shift is a circular roll of the fbank frames (the same as rolling the waveform up to the 25 ms window at
   the seam), so it works on cached features. Gaussian noise on the *waveform* (``noise_std``) changes the fbank
   of every sample in every epoch and so disables the fbank cache; ``fbank_noise_std`` adds the noise to the
@@ -276,6 +278,8 @@ class FinetuneConfig:
     duration: float = 10.0
     time_shift: float = 0.0
     noise_std: float = 0.0
+    noise_snr_db: tuple[float, float] | None = None
+    noise_prob: float = 1.0
     fbank_noise_std: float = 0.0
     dropout: bool = True
     layerdrop: bool = True
@@ -536,6 +540,21 @@ def _sample_table(train_rows, classes: list[str], cfg: FinetuneConfig):
     return clips, np.asarray(samples, dtype=np.int64).reshape(-1, 3)
 
 
+def _wave_noise(wave: np.ndarray, rng: np.random.Generator, std: float, snr_db: Sequence[float] | None,
+                prob: float) -> np.ndarray:
+    """Gaussian noise on one waveform (T,): fixed ``std``, or at an SNR drawn uniformly from ``snr_db`` (dB, relative
+    to the clip's power), applied with probability ``prob``. Draws come from the sample's own generator."""
+    apply = rng.random() < prob
+    snr = rng.uniform(*snr_db) if snr_db else None
+    noise = rng.standard_normal(wave.shape[-1])
+    if not apply:
+        return wave
+    if snr is not None:
+        power = float(np.mean(wave.astype(np.float64) ** 2))
+        std = math.sqrt(power / (10.0 ** (snr / 10.0))) if power > 0 else 0.0
+    return (wave + std * noise).astype(np.float32)
+
+
 def _per_sample_rng(seed: int, epoch: int, sample: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(epoch), int(sample), 7])
 
@@ -547,7 +566,7 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
              lr_head: float = 4.57e-3, weight_decay: float = 5.1e-4, warmup_epochs: float = 5.0,
              grad_clip: float = 1.0, duration: float = 10.0, arcface_s: float = 64.0, arcface_m: float = 0.2,
              head: str = "arcface", train_pooling: str = "mean", time_shift: float = 0.0, noise_std: float = 0.0,
-             fbank_noise_std: float = 0.0, dropout: bool = True, layerdrop: bool = True, grad_decay: bool = True,
+             noise_snr_db: Sequence[float] | None = None, noise_prob: float = 1.0, fbank_noise_std: float = 0.0, dropout: bool = True, layerdrop: bool = True, grad_decay: bool = True,
              amp: bool = True, cache_fbank: bool = True, seed: int = 0, device: str | None = None,
              save_every: int = 1, keep_epochs: Sequence[int] = (), save_every_steps: int = 0,
              resume: bool = True, epoch_selection: str = "fixed", backbone_id: str | None = None,
@@ -584,7 +603,8 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
         arcface_s=arcface_s, arcface_m=arcface_m, train_pooling=train_pooling, epochs=epochs,
         batch_size=batch_size, accum=accum, lr_backbone=lr_backbone, lr_head=lr_head, weight_decay=weight_decay,
         warmup_epochs=warmup_epochs, grad_clip=grad_clip, duration=duration, time_shift=time_shift,
-        noise_std=noise_std, fbank_noise_std=fbank_noise_std, dropout=dropout, layerdrop=layerdrop,
+        noise_std=noise_std, noise_snr_db=tuple(noise_snr_db) if noise_snr_db else None, noise_prob=noise_prob,
+        fbank_noise_std=fbank_noise_std, dropout=dropout, layerdrop=layerdrop,
         grad_decay=grad_decay, amp=amp, cache_fbank=cache_fbank, seed=seed, save_every=save_every,
         keep_epochs=tuple(int(e) for e in keep_epochs), save_every_steps=save_every_steps,
         epoch_selection=epoch_selection)
@@ -658,7 +678,8 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
         return ckpt_dir
 
     # ---- features
-    use_cache = cache_fbank and noise_std == 0.0
+    wave_noise = noise_std > 0 or bool(noise_snr_db)
+    use_cache = cache_fbank and not wave_noise
     fb_cache = None
     if use_cache:
         cache_dir = Path(out_dir) / "fbank" / recipe_name
@@ -668,8 +689,8 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
         _barrier()
         fb_cache = cache_fbank_fn(train_rows, encoder, cache_dir, duration, cfg.train_channels, device=dev,
                                   progress=False)
-    elif rank == 0 and noise_std > 0 and cache_fbank:
-        say("[finetune] noise_std > 0 adds noise to the waveform: fbank cache disabled for this run")
+    elif rank == 0 and wave_noise and cache_fbank:
+        say("[finetune] noise on the waveform changes every sample's fbank: fbank cache disabled for this run")
     clip_rows = {}
     if fb_cache is not None:
         for m, (_, names) in fb_cache.items():
@@ -687,8 +708,8 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
         else:
             waves = np.stack([_load_channels(clips[ci].path, (cfg.train_channels[pos],), n_samples_wave)[0]
                               for ci, pos, _ in samples[list(sample_ids)]])
-            if noise_std > 0:
-                waves = waves + noise_std * np.stack([r.standard_normal(waves.shape[1]) for r in rngs])
+            if wave_noise:
+                waves = np.stack([_wave_noise(w, r, noise_std, noise_snr_db, noise_prob) for w, r in zip(waves, rngs)])
             with torch.no_grad():
                 fbs = list(encoder.preprocess(torch.from_numpy(waves.astype(np.float32)).to(dev)).float().cpu())
         xs = []
@@ -949,6 +970,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--time-shift", type=float, default=0.0)
     p.add_argument("--noise-std", type=float, default=0.0)
+    p.add_argument("--noise-snr-db", type=float, nargs=2, default=None, metavar=("LO", "HI"))
+    p.add_argument("--noise-prob", type=float, default=1.0)
     p.add_argument("--fbank-noise-std", type=float, default=0.0)
     p.add_argument("--no-dropout", action="store_true")
     p.add_argument("--no-layerdrop", action="store_true")
@@ -970,7 +993,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         machines=a.machines.split(",") if a.machines else None, trainable=a.trainable, top_k=a.top_k,
         epochs=a.epochs, batch_size=a.batch_size, accum=a.accum, lr_backbone=a.lr_backbone, lr_head=a.lr_head,
         weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, duration=a.duration, head=a.head,
-        time_shift=a.time_shift, noise_std=a.noise_std, fbank_noise_std=a.fbank_noise_std,
+        time_shift=a.time_shift, noise_std=a.noise_std, noise_snr_db=a.noise_snr_db, noise_prob=a.noise_prob,
+        fbank_noise_std=a.fbank_noise_std,
         dropout=not a.no_dropout, layerdrop=not a.no_layerdrop, grad_decay=not a.no_grad_decay,
         cache_fbank=not a.no_cache, seed=a.seed, device=a.device,
         keep_epochs=[int(e) for e in a.keep_epochs.split(",") if e.strip()], save_every=a.save_every,
