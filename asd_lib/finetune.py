@@ -566,7 +566,8 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
              lr_head: float = 4.57e-3, weight_decay: float = 5.1e-4, warmup_epochs: float = 5.0,
              grad_clip: float = 1.0, duration: float = 10.0, arcface_s: float = 64.0, arcface_m: float = 0.2,
              head: str = "arcface", train_pooling: str = "mean", time_shift: float = 0.0, noise_std: float = 0.0,
-             noise_snr_db: Sequence[float] | None = None, noise_prob: float = 1.0, fbank_noise_std: float = 0.0, dropout: bool = True, layerdrop: bool = True, grad_decay: bool = True,
+             noise_snr_db: Sequence[float] | None = None, noise_prob: float = 1.0, fbank_noise_std: float = 0.0,
+             dropout: bool = True, layerdrop: bool = True, grad_decay: bool = True,
              amp: bool = True, cache_fbank: bool = True, seed: int = 0, device: str | None = None,
              save_every: int = 1, keep_epochs: Sequence[int] = (), save_every_steps: int = 0,
              resume: bool = True, epoch_selection: str = "fixed", backbone_id: str | None = None,
@@ -709,7 +710,8 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
             waves = np.stack([_load_channels(clips[ci].path, (cfg.train_channels[pos],), n_samples_wave)[0]
                               for ci, pos, _ in samples[list(sample_ids)]])
             if wave_noise:
-                waves = np.stack([_wave_noise(w, r, noise_std, noise_snr_db, noise_prob) for w, r in zip(waves, rngs)])
+                waves = np.stack([_wave_noise(w, r, noise_std, noise_snr_db, noise_prob)
+                                  for w, r in zip(waves, rngs)])
             with torch.no_grad():
                 fbs = list(encoder.preprocess(torch.from_numpy(waves.astype(np.float32)).to(dev)).float().cpu())
         xs = []

@@ -253,7 +253,7 @@ def scorer_params_from(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     if params.get("ldn_variant", "aau-gwrp") == "aau-gwrp":
         out["ldn"] = {"variant": "aau-gwrp", "r": float(params.get("ldn_r", 0.98))}
     else:
-        out["ldn"] = {"variant": "reference", "density": "knn", "n_neighbors": int(params.get("ldn_k", 1))}
+        out["ldn"] = {"variant": params.get("ldn_variant"), "n_neighbors": int(params.get("ldn_k", 1))}
     return out
 
 

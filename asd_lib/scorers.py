@@ -613,11 +613,13 @@ class LDNScorer(BaseEstimator):
     normalised weights r^(i-1), ``'none'`` no normalisation (plain 1-NN); ``norm`` 'ratio' or 'difference'.
     ``variant='aau-gwrp'`` (the paper's authors): d = 1 - cos (sklearn), rho = sum_i r^(i-1) d_(i) + 1e-8 with
     weights NOT normalised, ratio only. The GWRP sum is truncated as described in the module docstring.
+    ``normalize=False`` skips the L2 normalisation of the reference variant (MERL's code takes the rows as given).
     """
 
     def __init__(self, variant: str = "reference", density: str = "knn", n_neighbors: int = 1, r: float = 0.98,
-                 norm: str = "ratio", tail_tol: float = 1e-12, density_floor: float = 1e-12,
+                 norm: str = "ratio", normalize: bool = True, tail_tol: float = 1e-12, density_floor: float = 1e-12,
                  chunk_size: int = 512):
+        self.normalize = normalize
         self.variant = variant
         self.density = density
         self.n_neighbors = n_neighbors
@@ -646,7 +648,7 @@ class LDNScorer(BaseEstimator):
         """Store the references X (n, D) and their local densities rho (n,); domains are ignored (pooled)."""
         self._validate()
         X = _check_2d(X, "LDNScorer.fit")
-        refs = X if self.variant == "aau-gwrp" else _l2_normalise(X)
+        refs = X if self.variant == "aau-gwrp" or not self.normalize else _l2_normalise(X)
         n = len(refs)
         N = n - 1
         self.n_used_neighbours_ = 0
@@ -697,7 +699,7 @@ class LDNScorer(BaseEstimator):
         check_is_fitted(self, "references_")
         X = _check_2d(X, "LDNScorer.decision_function")
         _check_dim(self, X)
-        A = X if self.variant == "aau-gwrp" else _l2_normalise(X)
+        A = X if self.variant == "aau-gwrp" or not self.normalize else _l2_normalise(X)
         return self._normalised_min(A)
 
     def loo_decision_function(self) -> np.ndarray:
@@ -872,6 +874,8 @@ def score_embeddings(
     unknown = set(scorers) - set(SCORER_IDS)
     if unknown:
         raise ValueError(f"score_embeddings: unknown scorers {sorted(unknown)}; choose from {SCORER_IDS}")
+    if preprocess not in ("aau", "none", None):
+        raise ValueError(f"score_embeddings: preprocess must be 'aau' or 'none', got {preprocess!r}")
     scorer_params = dict(scorer_params or {})
     written: list[Path] = []
     ae_jobs: list[dict[str, Any]] = []
@@ -886,54 +890,56 @@ def score_embeddings(
             Xtr = tr["emb"].astype(np.float64)
             Xte = te["emb"].astype(np.float64)
             dom = tr.get("domains")
-            dom = None if dom is None or np.all(np.asarray(dom).astype(str) == "") else dom
+            dom = None if dom is None or np.all(np.asarray(dom).astype(str) == "") else \
+                _domain_array(dom, len(Xtr), str(emb_dir / f"{machine}_train.npz"))
             tr_names = np.asarray(tr["names"]).astype(str)
             te_names = np.asarray(te["names"]).astype(str)
+            fit_idx, held = holdout_split(dom, len(Xtr), seed=seed, names=tr_names)
+            # the preprocessing is fitted once per training set and shared by KNN, GMM and AE: the same numbers as
+            # make_pipeline(AAUPreprocess(), scorer), fitted on all clips (test + LOO) or on the kept split (held-out)
+            views: dict[str, np.ndarray] = {}
+            if preprocess == "aau" and set(todo) & {"knn", "gmm", "ae"}:
+                pre_all = AAUPreprocess(random_state=seed).fit(Xtr)
+                pre_fit = AAUPreprocess(random_state=seed).fit(Xtr[fit_idx])
+                views = dict(train=pre_all.transform(Xtr), test=pre_all.transform(Xte),
+                             fit=pre_fit.transform(Xtr[fit_idx]), held=pre_fit.transform(Xtr[held]))
+            else:
+                views = dict(train=Xtr, test=Xte, fit=Xtr[fit_idx], held=Xtr[held])
+            raw = dict(train=Xtr, test=Xte, fit=Xtr[fit_idx], held=Xtr[held])
             for sid in todo:
                 out = score_path(score_root, model, channel, sid, machine)
                 if verbose:
                     print(f"scoring {model}/{channel}/{sid}/{machine}")
-                est = make_scorer(sid, preprocess=preprocess, seed=seed, device=device,
-                                  **dict(scorer_params.get(sid, {})))
+                est = make_scorer(sid, preprocess="none", seed=seed, device=device, **dict(scorer_params.get(sid, {})))
+                v = raw if sid == "ldn" else views
                 if sid == "ae" and ae_batched:
-                    ae_jobs.append(dict(est=est, Xtr=Xtr, Xte=Xte, dom=dom, tr_names=tr_names, te_names=te_names,
-                                        out=out))
+                    ae_jobs.append(dict(est=est, views=v, out=out, te_names=te_names, calib_names=tr_names[held]))
                     continue
-                _fit(est, Xtr, _domain_array(dom, len(Xtr), str(emb_dir)))
-                test = est.decision_function(Xte)
-                calib, idx = calibration_scores(est, Xtr, dom, seed=seed, names=tr_names, fitted=True)
-                kind = "loo" if hasattr(_final(est), "loo_decision_function") else "holdout"
+                est = _fit(est, v["train"], dom)
+                test = est.decision_function(v["test"])
+                if hasattr(est, "loo_decision_function"):
+                    calib, cnames, kind = est.loo_decision_function(), tr_names, "loo"
+                else:
+                    held_est = _fit(clone(est), v["fit"], None if dom is None else dom[fit_idx])
+                    calib, cnames, kind = held_est.decision_function(v["held"]), tr_names[held], "holdout"
                 _save_npz_atomic(out, test=test.astype(np.float64), calib=calib.astype(np.float64), names=te_names,
-                                 calib_names=tr_names[idx], calib_kind=np.array(kind))
+                                 calib_names=cnames, calib_kind=np.array(kind))
                 written.append(out)
     if ae_jobs:
-        written += _score_ae_batched(ae_jobs, seed)
+        written += _score_ae_batched(ae_jobs)
     return written
 
 
-def _score_ae_batched(jobs: list[dict[str, Any]], seed: int) -> list[Path]:
-    """Train the final and the held-out AEs of all jobs together, then write their score files."""
-    fits, evals = [], []  # per job: (final data, calib data) after each split's own preprocessing
-    for job in jobs:
-        est = job["est"]
-        pre = est.steps[0][1] if isinstance(est, Pipeline) else None
-        fit_idx, held = holdout_split(job["dom"], len(job["Xtr"]), seed=seed, names=job["tr_names"])
-        job["held"] = held
-        if pre is not None:
-            p_all = clone(pre).fit(job["Xtr"])
-            p_fit = clone(pre).fit(job["Xtr"][fit_idx])
-            fits += [p_all.transform(job["Xtr"]), p_fit.transform(job["Xtr"][fit_idx])]
-            evals += [p_all.transform(job["Xte"]), p_fit.transform(job["Xtr"][held])]
-        else:
-            fits += [job["Xtr"], job["Xtr"][fit_idx]]
-            evals += [job["Xte"], job["Xtr"][held]]
-    ae: AEScorer = _final(jobs[0]["est"])  # all jobs share the AE parameters
-    res = train_autoencoders(fits, seeds=[_final(j["est"]).seed for j in jobs for _ in (0, 1)], **ae._train_kwargs())
+def _score_ae_batched(jobs: list[dict[str, Any]]) -> list[Path]:
+    """Train the final and the held-out AEs of all jobs together (stacked), then write their score files."""
+    ae: AEScorer = jobs[0]["est"]  # all jobs share the AE parameters (one scorer_params entry)
+    fits = [x for j in jobs for x in (j["views"]["train"], j["views"]["fit"])]
+    res = train_autoencoders(fits, seeds=[j["est"].seed for j in jobs for _ in (0, 1)], **ae._train_kwargs())
     written = []
     for j, job in enumerate(jobs):
-        test = _ae_mse(res[2 * j]["params"], evals[2 * j], ae.device)
-        calib = _ae_mse(res[2 * j + 1]["params"], evals[2 * j + 1], ae.device)
-        _save_npz_atomic(job["out"], test=test, calib=calib, names=job["te_names"],
-                         calib_names=job["tr_names"][job["held"]], calib_kind=np.array("holdout"))
+        test = _ae_mse(res[2 * j]["params"], job["views"]["test"], ae.device)
+        calib = _ae_mse(res[2 * j + 1]["params"], job["views"]["held"], ae.device)
+        _save_npz_atomic(job["out"], test=test, calib=calib, names=job["te_names"], calib_names=job["calib_names"],
+                         calib_kind=np.array("holdout"))
         written.append(job["out"])
     return written

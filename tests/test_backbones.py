@@ -341,6 +341,40 @@ def test_training_switches():
     assert not torch.allclose(skipped, enc.forward_fbank(fb))
 
 
+def test_batch_equals_per_clip_and_numpy_input(beats_models, eat_models, beats_io):
+    wave = beats_io[0][BEATS_CASES[0]]
+    if wave.shape[0] < 2:
+        wave = np.concatenate([wave, wave[:, ::-1].copy()])
+    for enc in (beats_models["pre"], eat_models["hf"]):
+        both = enc.extract_features(wave)  # numpy input is accepted
+        for i in range(2):
+            one = enc.extract_features(torch.from_numpy(wave[i:i + 1]))
+            assert _rel(one, both[i:i + 1].numpy()) <= 2e-6
+
+
+@pytest.mark.parametrize("name", ["beats-tiny", "sslam-tiny"])
+def test_train_mode_backward_and_trainable_by_name(name):
+    enc = load_backbone(name, **({"encoder_layerdrop": 0.0} if name.startswith("beats") else {})).train()
+    top = "encoder.layers.2." if name.startswith("beats") else "blocks.2."
+    for n, p in enc.named_parameters():
+        p.requires_grad_(n.startswith(top) and p.dtype.is_floating_point)
+    fb = torch.randn(2, 40, 128)
+    with torch.enable_grad():
+        enc.forward_fbank(fb).pow(2).mean().backward()
+    with_grad = {n for n, p in enc.named_parameters() if p.grad is not None}
+    assert with_grad and all(n.startswith(top) for n in with_grad)
+
+
+def test_bf16_autocast_runs():
+    for name in ("beats-tiny", "sslam-tiny"):
+        enc = load_backbone(name)
+        fb = torch.randn(1, 64, 128)
+        ref = enc.forward_fbank(fb)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = enc.forward_fbank(fb)
+        assert low.shape == ref.shape and _rel(low.float(), ref.numpy()) < 0.1
+
+
 # ---------------------------------------------------------------------------------------------- errors
 def test_error_unknown_format(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "x.pt")

@@ -168,9 +168,10 @@ _FAST = dict(duration=1.0, batch_size=8, warmup_epochs=0.5, lr_backbone=1e-3, lr
 
 
 def test_resume_after_crash_equals_uninterrupted(dev_manifest, tmp_path):
-    # dropout, layer-drop and gradient decay on (RNG state must be restored); augmentation on; accumulation
+    # dropout, layer-drop and gradient decay on (RNG state must be restored); every augmentation on (waveform
+    # noise at the authors' 15-35 dB SNR, p 0.3: no fbank cache); gradient accumulation
     kw = dict(_FAST, machines=["fan", "valveEmu"], epochs=2, accum=2, time_shift=0.2, fbank_noise_std=0.1,
-              seed=3, save_every_steps=2, keep_epochs=[1])
+              noise_snr_db=(15, 35), noise_prob=0.3, seed=3, save_every_steps=2, keep_epochs=[1])
     ref = finetune(dev_manifest, "beats-tiny", tmp_path / "a", **kw)
     # 56 samples / 8 = 7 micro-batches = 4 optimiser steps per epoch; the state saved at step 6 is mid-epoch 2
     with pytest.raises(RuntimeError, match="test hook"):
@@ -232,6 +233,17 @@ def test_frozen_run_writes_the_pretrained_encoder(dev_manifest, tmp_path):
     start = backbones.load_backbone("beats-tiny")
     assert all(torch.equal(v, start.state_dict()[k]) for k, v in saved["model"].items())
     assert saved["cfg"]["encoder_layerdrop"] == start.cfg["encoder_layerdrop"]
+
+
+def test_waveform_noise_snr():
+    from asd_lib.finetune import _wave_noise
+
+    wave = np.sin(np.linspace(0, 2000, 16000)).astype(np.float32)
+    noisy = _wave_noise(wave, np.random.default_rng(0), 0.0, (20.0, 20.0), 1.0)
+    snr = 10 * np.log10(np.mean(wave ** 2) / np.mean((noisy - wave) ** 2))
+    assert abs(snr - 20.0) < 0.3 and noisy.dtype == np.float32
+    kept = [_wave_noise(wave, np.random.default_rng(s), 0.0, (15, 35), 0.3) is wave for s in range(200)]
+    assert 0.6 < np.mean(kept) < 0.8  # applied with probability 0.3
 
 
 def _class_separation(encoder, rows) -> tuple[float, float]:

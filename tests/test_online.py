@@ -301,6 +301,7 @@ def test_cli_watcher_subprocess(demo, system, clips, tmp_path):
     assert lines[0]["error_kind"] == "silent" and lines[1]["error_kind"] == "unreadable"
     ref = system.score_clip(clips["good"])
     for r in lines[2:]:
+        assert "error" not in r, (r, err)
         assert r["machine"] == "fan" and r["decision"] in (0, 1)
         assert r["fused"] == pytest.approx(ref["fused"], abs=TOL)
         assert set(r["latency_parts_ms"]) == {"load", "preprocess", "encode", "score"}

@@ -349,6 +349,17 @@ def test_score_embeddings_layout_skip_force_and_batched_ae(tmp_path):
         np.testing.assert_allclose(a["test"], b["test"], rtol=1e-4)
         np.testing.assert_allclose(a["calib"], b["calib"], rtol=1e-4)
     assert not list((tmp_path / "scores").rglob("*.tmp"))
+    # the shared-preprocessing cache gives the same numbers as the estimator API (pipeline + calibration_scores)
+    with np.load(tmp_path / "emb" / "sslam@2" / "ch0" / "valveEmu_train.npz") as tr, \
+            np.load(tmp_path / "emb" / "sslam@2" / "ch0" / "valveEmu_test.npz") as te:
+        Xtr, Xte, dom, names = tr["emb"].astype(float), te["emb"].astype(float), tr["domains"], tr["names"]
+    for sid in ("knn", "gmm", "ldn"):
+        est = S.make_scorer(sid, seed=0, **params.get(sid, {}))
+        cal, idx = S.calibration_scores(est, Xtr, dom, seed=0, names=names)
+        with np.load(tmp_path / "scores" / "sslam@2" / "ch0" / sid / "valveEmu.npz") as z:
+            np.testing.assert_allclose(z["test"], est.fit(Xtr).decision_function(Xte), rtol=1e-10, err_msg=sid)
+            np.testing.assert_allclose(z["calib"], cal, rtol=1e-10, err_msg=sid)
+            np.testing.assert_array_equal(z["calib_names"], names[idx])
     # the cache feeds both fusions
     off = F.fuse_offline(tmp_path / "scores", models)
     on = F.fuse_online(tmp_path / "scores", models)

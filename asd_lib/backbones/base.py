@@ -100,6 +100,7 @@ class Encoder(nn.Module):
     def preprocess(self, wave: torch.Tensor) -> torch.Tensor:
         """wave (B, T) float32 16 kHz -> normalised fbank (B, frames, 128) with this encoder's recipe."""
         target = int(self.cfg.get("target_length", 1024))
+        wave = torch.as_tensor(wave)
         return compute_fbank(wave.to(self._device()), self.recipe, target_length=target)
 
     def forward_fbank(self, fbank: torch.Tensor) -> torch.Tensor:

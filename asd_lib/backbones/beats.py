@@ -151,22 +151,34 @@ class BEATsAttention(nn.Module):
         # Shared: the encoder replaces this by layer 0's module in every layer.
         self.relative_attention_bias = nn.Embedding(num_buckets, heads, _weight=torch.zeros(num_buckets, heads))
 
+    def _fused_qkv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stacked [q; k; v] weight (3D, D) and bias (3D,); cached in inference while the parameters are unchanged."""
+        params = (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight,
+                  self.q_proj.bias, self.k_proj.bias, self.v_proj.bias)
+        if torch.is_grad_enabled():
+            self._qkv_key = None
+            return torch.cat(params[:3]), torch.cat(params[3:])
+        key = tuple((p._version, p.data_ptr()) for p in params)
+        if getattr(self, "_qkv_key", None) != key:
+            self._qkv_key, self._qkv = key, (torch.cat(params[:3]), torch.cat(params[3:]))
+        return self._qkv
+
     def forward(self, x: torch.Tensor, pos_bias: torch.Tensor, workspace: dict | None = None) -> torch.Tensor:
         """x (B, L, D), pos_bias (H, L, L) ungated -> (B, L, D). ``workspace`` lends a reusable mask buffer."""
         b, n, d = x.shape
         h, hd = self.heads, self.head_dim
         # one GEMM for q, k, v (rows [q; k; v]); q stays unscaled for the gate
-        w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-        bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        w, bias = self._fused_qkv()
         q, k, v = F.linear(x, w, bias).view(b, n, 3, h, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, hd)
         g = torch.sigmoid(self.grep_linear(q).view(b, h, n, 2, 4).sum(-1))  # (B, H, L, 2)
         gate = g[..., :1] * (g[..., 1:] * self.grep_a - 1.0) + 2.0  # (B, H, L, 1)
+        gate, pos_bias = gate.to(q.dtype), pos_bias.to(q.dtype)  # SDPA wants the mask in q's dtype (autocast)
         if torch.is_grad_enabled() or workspace is None:
             mask = gate * pos_bias  # (B, H, L, L) float bias added to the logits
         else:  # inference: one buffer for all layers (fresh 100 MB tensors cost page faults on CPU)
             buf = workspace.get("mask")
-            if buf is None or buf.shape != (b, h, n, n) or buf.dtype != gate.dtype:
-                buf = workspace["mask"] = torch.empty((b, h, n, n), dtype=gate.dtype, device=gate.device)
+            if buf is None or buf.shape != (b, h, n, n) or buf.dtype != q.dtype:
+                buf = workspace["mask"] = torch.empty((b, h, n, n), dtype=q.dtype, device=q.device)
             mask = torch.mul(gate, pos_bias, out=buf)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                              dropout_p=self.dropout if self.training else 0.0)

@@ -262,11 +262,17 @@ class EATEncoder(Encoder):
         x = x.flatten(2).transpose(1, 2)  # (B, N, D), token = t * F' + f
         pos = self.fixed_positional_encoder.positions
         if x.shape[1] > pos.shape[1]:
+            if self.recipe == "aau":
+                hint = (f"The longest supported clip is {self.longest_clip_seconds():.2f} s at 16 kHz with the "
+                        "'aau' recipe; crop the clip, or use recipe='eat' (pads/crops to target_length).")
+            else:
+                hint = (f"target_length={self.cfg['target_length']} frames does not fit; the longest supported "
+                        f"input is {self.max_time_patches * int(self.cfg['patch_size'])} frames "
+                        f"({self.longest_clip_seconds():.2f} s of audio with the 'aau' recipe).")
             raise ClipTooLongError(
                 f"clip too long for the positional table: {fbank.shape[1]} fbank frames give "
                 f"{x.shape[1] // self.freq_patches} time patches, the table holds {self.max_time_patches} "
-                f"(max_length). The longest supported clip is {self.longest_clip_seconds():.2f} s at 16 kHz "
-                "with the 'aau' recipe; crop the clip or use recipe='eat' (pads/crops to target_length).")
+                f"(max_length). " + hint)
         x = x + pos[:, : x.shape[1]]
         x = torch.cat([self.extra_tokens.expand(x.shape[0], -1, -1), x], dim=1)
         x = self.context_encoder.norm(x)

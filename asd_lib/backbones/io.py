@@ -223,6 +223,9 @@ def load_checkpoint(path: str | Path, recipe: str | None = None, allow_pickle: b
                 f"{path}: a folder, but not a Hugging Face EAT/SSLAM folder (need config.json and "
                 f"model.safetensors; found {sorted(p.name for p in path.iterdir())[:10]})")
     elif path.is_file():
+        if path.suffix == ".safetensors" or path.name == "config.json":
+            raise CheckpointFormatError(f"{path}: pass the Hugging Face folder that holds config.json and "
+                                        f"model.safetensors ({path.parent}), not one of its files")
         obj = read_torch_file(path, allow_pickle=allow_pickle)
         fmt = detect_format(obj)
         if fmt == "beats":
