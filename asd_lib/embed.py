@@ -140,7 +140,8 @@ def embed_paths(encoder: Any, paths: Sequence[str], channel: str = "ch0", poolin
         encoder.to(device)
     try:
         with torch.inference_mode():
-            for b in tqdm(batches, desc=desc, disable=not progress or os.environ.get("TQDM_DISABLE", "") not in ("", "0"), leave=False):
+            off = not progress or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
+            for b in tqdm(batches, desc=desc, disable=off, leave=False):
                 n = lengths[b[0]]
                 waves = []
                 for i in b:

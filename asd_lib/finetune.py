@@ -121,7 +121,8 @@ class SoftmaxHead(nn.Module):
         self.fc = nn.Linear(dim, n_classes)
 
     @property
-    def weight(self) -> torch.Tensor:  # same attribute as ArcFaceHead
+    def weight(self) -> torch.Tensor:
+        """The (classes, D) weight, as ArcFaceHead names it."""
         return self.fc.weight
 
     def forward(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -475,7 +476,8 @@ def cache_fbank(train_rows, encoder: nn.Module, cache_dir: str | Path, duration:
         arr = None
         tmp = cache_dir / f".{stem}.npy.tmp"
         with torch.inference_mode():
-            for i in tqdm(range(0, len(paths), batch_size), desc=f"fbank {machine}", disable=not _progress_on(progress)):
+            for i in tqdm(range(0, len(paths), batch_size), desc=f"fbank {machine}",
+                          disable=not _progress_on(progress)):
                 waves = np.stack([_load_channels(p, channels, n_samples) for p in paths[i:i + batch_size]])
                 b, c, t = waves.shape
                 fb = encoder.preprocess(torch.from_numpy(waves.reshape(b * c, t)).to(device)).float().cpu()
@@ -651,6 +653,7 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
                    "switches": switches, "recipe": recipe_name, "world_size": world}
 
     def save_epoch_checkpoint(epoch: int) -> None:
+        """Official-format encoder checkpoint + head sidecar of ``epoch`` (rank 0 writes)."""
         if rank != 0:
             return
         final = ckpt_dir / f"epoch_{epoch:03d}.pt"
@@ -676,6 +679,10 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
             _atomic_write_text(ckpt_dir / "config.json", json.dumps(config_blob, indent=1))
             _write_log(ckpt_dir / "log.csv", [])
         _barrier()
+        if started_dist:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
         return ckpt_dir
 
     # ---- features
@@ -702,6 +709,7 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
     n_samples_wave = int(round(duration * SAMPLE_RATE))
 
     def batch_inputs(sample_ids: Sequence[int], epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augmented fbank (B, frames, bins) and labels (B,) of these samples."""
         rngs = [_per_sample_rng(seed, epoch, s) for s in sample_ids]
         if fb_cache is not None:
             fbs = [torch.from_numpy(np.array(fb_cache[clips[ci].machine][0][clip_rows[ci], pos], dtype=np.float32))
@@ -729,7 +737,7 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
     from torch.utils.data.distributed import DistributedSampler
 
     sampler = DistributedSampler(range(len(samples)), num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    per_rank = batch_size // world
+    rank_batch = batch_size // world
     total = sampler.total_size
     n_micro = math.ceil(total / batch_size)
     steps_per_epoch = math.ceil(n_micro / accum)
@@ -770,9 +778,15 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
                              f"it, so resume with epochs={st['epochs']} or pass resume=False")
         scheduler.load_state_dict(st["scheduler"])
         start_epoch, start_micro, global_step = st["epoch"], st["micro"], st["global_step"]
-        epoch_sums, log_rows, leaky = st["epoch_sums"], st["log"], {int(k): v for k, v in st["leaky"].items()}
-        rngs = st["rng"]
-        _set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])
+        log_rows, leaky = st["log"], {int(k): v for k, v in st["leaky"].items()}
+        saved = st["per_rank"]  # [(rng state, epoch sums)] of every process of the saving run
+        if len(saved) == world:
+            rng_st, epoch_sums = saved[rank]
+        else:  # another process count: the RNG streams cannot match anyway; keep the sums once
+            rng_st, epoch_sums = saved[0][0], (per_rank_sum(saved) if rank == 0 else [0.0, 0.0, 0.0])
+            say(f"[finetune] {last} was saved by {len(saved)} process(es), resuming with {world}: the result "
+                "will not be bit-identical to an uninterrupted run")
+        _set_rng_state(rng_st)
         say(f"[finetune] resumed from {last}: epoch {start_epoch}, micro-batch {start_micro}, step {global_step}")
     elif rank == 0 and (0 in cfg.keep_epochs or trainable == "frozen"):
         save_epoch_checkpoint(0)
@@ -780,14 +794,15 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
         _atomic_write_text(ckpt_dir / "config.json", json.dumps(config_blob, indent=1))
 
     def save_state(epoch: int, micro: int) -> None:
-        rngs = _gather_objects(_rng_state())
+        """Everything a resume needs (weights, optimiser, scheduler, RNG, position) to last.pt."""
+        per_rank_state = _gather_objects((_rng_state(), list(epoch_sums)))
         if rank != 0:
             return
         _atomic_torch_save({"training": cfg.training_fields(), "classes": classes, "epochs": epochs,
                             "encoder": model.encoder.state_dict(), "head": model.head.state_dict(),
                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                             "epoch": epoch, "micro": micro, "global_step": global_step,
-                            "epoch_sums": epoch_sums, "log": log_rows, "leaky": leaky, "rng": rngs}, last)
+                            "log": log_rows, "leaky": leaky, "per_rank": per_rank_state}, last)
 
     for epoch in range(start_epoch, epochs + 1):
         sampler.set_epoch(epoch)
@@ -800,14 +815,14 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
         micro0 = start_micro if epoch == start_epoch else 0
         if micro0 == 0:
             epoch_sums = [0.0, 0.0, 0.0]
-        bar = tqdm(range(micro0, n_micro), desc=f"epoch {epoch}/{epochs}", disable=not (_progress_on(progress) and rank == 0),
-                   leave=False)
+        bar = tqdm(range(micro0, n_micro), desc=f"epoch {epoch}/{epochs}",
+                   disable=not (_progress_on(progress) and rank == 0), leave=False)
         optimizer.zero_grad(set_to_none=True)
         for mi in bar:
             group_start = (mi // accum) * accum
             group_len = min(accum, n_micro - group_start)
             last_in_group = (mi - group_start) == group_len - 1
-            ids = mine[mi * per_rank:(mi + 1) * per_rank]
+            ids = mine[mi * rank_batch:(mi + 1) * rank_batch]
             global_count = min(batch_size, total - mi * batch_size)
             x, y = batch_inputs(ids, epoch)
             ctx = ddp_model.no_sync() if (world > 1 and not last_in_group) else _nullcontext()
@@ -872,6 +887,11 @@ class _nullcontext:
 
     def __exit__(self, *exc: Any) -> bool:
         return False
+
+
+def per_rank_sum(saved: list) -> list[float]:
+    """Sum the per-process epoch sums [loss, correct, count] saved in a state file."""
+    return [float(sum(p[1][i] for p in saved)) for i in range(3)]
 
 
 def _gather_objects(obj: Any) -> list[Any]:

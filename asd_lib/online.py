@@ -63,6 +63,8 @@ __all__ = [
     "load_system",
     "machine_from_path",
     "batch_online_scores",
+    "scorer_params_from",
+    "fusion_args_from",
 ]
 
 FORMAT_VERSION = 1

@@ -181,7 +181,8 @@ def execute(src: Path, out: Path, parameters: dict[str, Any], log_output: bool =
     except PapermillExecutionError as exc:
         # papermill counts cells from 0 including the injected-parameters cell it adds after `parameters`.
         code = "\n".join(exc.source.splitlines()[:6])
-        raise StageFailed(f"{rel_src} failed in cell {exc.cell_index} (execution count {exc.exec_count}):\n"
+        raise StageFailed(f"{rel_src} failed in cell {exc.cell_index} of the executed copy (execution count "
+                          f"{exc.exec_count}):\n"
                           f"  {exc.ename}: {exc.evalue}\n  cell source:\n    "
                           + code.replace("\n", "\n    ")
                           + f"\n  executed copy with the traceback: {rel_out}") from None
@@ -206,6 +207,7 @@ class Runner:
     log_output: bool = False
     log: RunLog = field(default_factory=RunLog)
     declared: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # dry run: stages that would have run
 
     def stage(self, name: str, scope: str, params: P.Params, upstream: list[str]) -> dict[str, Any]:
         """Run (or reuse) one notebook; return its record (``finished`` feeds the next stage's key)."""
@@ -216,16 +218,17 @@ class Runner:
         marker = folder / f"{name}.done.json"
         injected = P.inject(params, self.declared[src.name])
         key = P.digest({"params": injected, "source": _source_digest(src), "upstream": upstream})
-        where = _rel(folder.parent)
-        record = _read_record(marker)
-        if record and record.get("key") == key and out.is_file() and not self.force:
+        where = label
+        record = self.pending.get(str(marker)) or _read_record(marker)
+        if record and record.get("key") == key and (out.is_file() or self.dry_run) and not self.force:
             self.log.results.append(StageResult(name, where, "reused", 0.0, _rel(out)))
             print(f"[{label}] {name}: reused ({_rel(out)})", flush=True)
             return record
         if self.dry_run:
             self.log.results.append(StageResult(name, where, "would run", 0.0, _rel(out)))
             print(f"[{label}] {name}: would run with {json.dumps(injected)}", flush=True)
-            return {"key": key, "finished": "dry-run"}
+            self.pending[str(marker)] = {"key": key, "finished": f"pending-{key}"}
+            return self.pending[str(marker)]
         marker.unlink(missing_ok=True)
         print(f"[{label}] {name}: running ...", flush=True)
         t0 = time.perf_counter()

@@ -37,6 +37,7 @@ def _run(cmd: list[str], cwd: Path) -> None:
     assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tiny_data, tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

@@ -264,6 +264,7 @@ def _class_separation(encoder, rows) -> tuple[float, float]:
     return float((y[sim.argmax(1)] == y).mean()), float(silhouette_score(e, y, metric="cosine"))
 
 
+@pytest.mark.slow
 def test_finetuning_lowers_loss_and_separates_classes(dev_manifest, tmp_path):
     kw = dict(_FAST, epochs=6, lr_head=2e-2, train_channels=(0,), classes_with_channel=False, keep_epochs=[0])
     ckpt = finetune(dev_manifest, "beats-tiny", tmp_path, **kw)
@@ -278,3 +279,21 @@ def test_finetuning_lowers_loss_and_separates_classes(dev_manifest, tmp_path):
     # measured (seed 0): silhouette 0.129 -> 0.259, 1-NN 0.675 -> 0.713
     assert after[1] - before[1] > 0.08
     assert after[0] >= before[0]
+
+
+def test_select_on_test_is_opt_in_and_labelled_leaky(dev_manifest, tmp_path):
+    kw = dict(_FAST, machines=["fan"], epochs=2, keep_epochs=[], dropout=False, layerdrop=False)
+    fixed = finetune(dev_manifest, "beats-tiny", tmp_path / "fixed", **kw)
+    assert "leaky_test_score" not in _read_log(fixed / "log.csv")[0]
+    assert not (fixed / "selected_on_test_LEAKY.json").exists()
+    with pytest.raises(ValueError, match="epoch_selection"):
+        finetune(dev_manifest, "beats-tiny", tmp_path / "x", epoch_selection="best", **kw)
+    leaky = finetune(dev_manifest, "beats-tiny", tmp_path / "leaky", epoch_selection="select-on-test-leaky", **kw)
+    rows = _read_log(leaky / "log.csv")
+    scores = [float(r["leaky_test_score"]) for r in rows]
+    assert all(0.0 < s <= 1.0 for s in scores)
+    import json
+
+    sel = json.loads((leaky / "selected_on_test_LEAKY.json").read_text())
+    assert sel["epoch"] == 1 + int(np.argmax(scores)) and "leak" in sel["warning"]
+    assert (leaky / f"epoch_{sel['epoch']:03d}.pt").exists() and (leaky / "epoch_002.pt").exists()

@@ -128,3 +128,14 @@ def test_nbclean_drops_run_metadata_and_keeps_tags_and_outputs(tmp_path: Path):
     assert cleaned["cells"][1]["metadata"] == {"tags": ["parameters"]}
     assert [c.get("outputs") for c in cleaned["cells"]] == [c.get("outputs") for c in nb["cells"]]
     assert nbclean.main(["--check", str(path)]) == 0  # idempotent
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter_line(path: Path):
+    import nbformat
+    from papermill.translators import PythonTranslator
+
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    found = {p.name for p in PythonTranslator.inspect(cell)}
+    assert found == set(P.notebook_parameters(path)), "papermill cannot parse some lines (avoid '=' and '\"' in comments)"

@@ -566,9 +566,9 @@ mine = knn_score(Xtr, Xte, k)
 lib = scorers.make_scorer("knn", preprocess=preprocess, seed=seed, n_neighbors=k).fit(tr["emb"]).decision_function(te["emb"])
 assert np.allclose(mine, lib, atol=1e-9), np.abs(mine - lib).max()
 print("from-scratch KNN equals asd_lib (k=%d):" % k, np.allclose(mine, lib, atol=1e-9))
-print("AUC on fan, this model:", round(roc_auc_score(te["labels"], mine), 3))
 """),
     ("code", """
+print("AUC on fan, first model:", round(roc_auc_score(te["labels"], mine), 3))
 params_knn = {"n_neighbors": knn_k}
 """),
     *score_tail("knn", "KNN", """- KNN is a distance to the training set: no training, one parameter (k), and a strong baseline on good embeddings.
@@ -652,10 +652,10 @@ def reconstruct(p, x):
 
 mine = ((X - reconstruct(ae.params_, X)) ** 2).mean(axis=1)
 print("from-scratch AE score equals asd_lib.scorers.AEScorer:", np.allclose(mine, pipe.decision_function(te["emb"]), rtol=1e-3))
-print("epochs trained (early stopping):", ae.n_epochs_)
 """),
     ("code", """
 import matplotlib.pyplot as plt
+print("epochs trained (early stopping):", ae.n_epochs_)
 fig, ax = plt.subplots(figsize=(5, 3))
 ax.plot(np.arange(1, len(ae.loss_curve_) + 1), ae.loss_curve_, marker=".")
 ax.set_xlabel("epoch"); ax.set_ylabel("training MSE"); ax.set_title("fan, first model", fontsize=9)
@@ -960,6 +960,8 @@ const = {s: (np.mean([loaded[mc][s][m]["calib"].mean() for mc in machines for m 
 z = np.min([np.mean([(raw[s][m]["test"] - const[s][0]) / const[s][1] for m in models], axis=0) for s in on_scorers], axis=0)
 lib = fusion.fuse_online(L.scores, models, on_scorers, channel, normalisation="pooled")["fan"]
 print("from-scratch online fusion equals asd_lib.fusion.fuse_online:", np.allclose(z, lib["score"]))
+"""),
+    ("code", """
 print(pd.DataFrame({"kit (these embeddings)": {s: tuple(np.round(c, 4)) for s, c in const.items()},
                     "authors' printed": {s: fusion.AAU_Z_CONSTANTS[s] for s in on_scorers}}))
 """),

@@ -19,8 +19,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .base import (BackboneError, construct, CheckpointFormatError, ClipTooLongError, Encoder, StateDictMismatchError,
-                   UnsupportedConfigError)
+from .base import (BackboneError, CheckpointFormatError, ClipTooLongError, Encoder, StateDictMismatchError,
+                   UnsupportedConfigError, construct)
 from .beats import BEATS_DEFAULTS, BEATsEncoder
 from .eat import EAT_DEFAULTS, EATEncoder
 from .fbank import RECIPES, aau_fbank, beats_fbank, compute_fbank, eat_fbank
@@ -88,7 +88,7 @@ def load_backbone(path_or_name: str | Path, recipe: str | None = None, *, allow_
     return enc.eval()
 
 
-__all__ = ["load_backbone", "build_named", "NAMED_CONFIGS", "Encoder", "BEATsEncoder", "EATEncoder",
+__all__ = ["load_backbone", "build_named", "construct", "NAMED_CONFIGS", "Encoder", "BEATsEncoder", "EATEncoder",
            "save_encoder", "load_checkpoint", "compute_fbank", "beats_fbank", "eat_fbank", "aau_fbank", "RECIPES",
            "BackboneError", "CheckpointFormatError", "UnsupportedConfigError", "StateDictMismatchError",
            "ClipTooLongError"]

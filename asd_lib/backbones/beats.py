@@ -9,7 +9,8 @@ Facts used (from the BEATs paper and the structure of the official unilm checkpo
   an even kernel, GELU; added to x, then LayerNorm (post-LN model).
 - T5-style bidirectional relative-position buckets over the flattened token index (``num_buckets``,
   ``max_distance``), one table shared by all layers, gated per query and head by a GRU-style gate computed from the
-  unscaled per-head query: (a, b) = sigmoid(sum over 4 of grep_linear(q) viewed (2, 4)); gate = a * (b * grep_a - 1) + 2.
+  unscaled per-head query: (a, b) = sigmoid(sum over 4 of grep_linear(q) viewed (2, 4));
+  gate = a * (b * grep_a - 1) + 2.
 - attention logits q.k / sqrt(head_dim) + gate * bias; post-LN layers with deep-norm residual scale
   alpha = (2 * layers) ** 0.25: x = LN1(alpha * x + attn(x)); x = LN2(alpha * x + fc2(gelu(fc1(x)))). No final norm.
 - fine-tuned files: probs = sigmoid(mean over tokens of predictor(x)).
@@ -18,7 +19,6 @@ Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` with
 """
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
@@ -26,9 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import ClipTooLongError, Encoder, UnsupportedConfigError
-
-log = logging.getLogger(__name__)
+from .base import Encoder, UnsupportedConfigError
 
 # Field defaults of the official BEATsConfig (a cfg missing a field gets these, as the reference does).
 BEATS_DEFAULTS: dict[str, Any] = {
@@ -362,4 +360,4 @@ def check_shared_bias(state: dict[str, torch.Tensor], n_layers: int, source: str
 
 
 __all__ = ["BEATsEncoder", "BEATS_DEFAULTS", "validate_beats_cfg", "relative_position_buckets",
-           "check_shared_bias", "ClipTooLongError"]
+           "check_shared_bias"]

@@ -75,7 +75,8 @@ def validate_eat_cfg(cfg: dict[str, Any], source: str = "cfg") -> dict[str, Any]
     if refuse:
         raise UnsupportedConfigError(
             f"{source}: this EAT/SSLAM cfg asks for a structure asd_lib does not implement:\n  - "
-            + "\n  - ".join(refuse) + "\nUse a checkpoint with the released EAT/SSLAM structure, or override the field.")
+            + "\n  - ".join(refuse)
+            + "\nUse a checkpoint with the released EAT/SSLAM structure, or override the field.")
     return full
 
 
