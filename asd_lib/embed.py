@@ -99,11 +99,13 @@ def _clip_lengths(paths: Sequence[str]) -> list[int]:
 
 def embed_paths(encoder: Any, paths: Sequence[str], channel: str = "ch0", pooling: str = "gem",
                 duration: float | None = None, batch_size: int = 16, device: Any = None,
-                progress: bool = True, desc: str = "embed") -> np.ndarray:
+                progress: bool = True, desc: str = "embed", inference_mode: bool = True) -> np.ndarray:
     """Embeddings (len(paths), D) float32 of audio files; clips of equal length are batched together.
 
     ``duration``: crop (from the start) / zero-pad every clip to this many seconds; None keeps each clip whole.
-    Runs under ``torch.inference_mode`` with the encoder in eval mode (restored afterwards).
+    Runs under ``torch.inference_mode`` (``inference_mode=False``: ``torch.no_grad``, for an encoder that keeps
+    training afterwards, since tensors an encoder caches under inference mode cannot enter autograd later) with
+    the encoder in eval mode (restored afterwards).
     """
     import torch
     from tqdm.auto import tqdm
@@ -139,7 +141,7 @@ def embed_paths(encoder: Any, paths: Sequence[str], channel: str = "ch0", poolin
         orig_device = next(encoder.parameters()).device
         encoder.to(device)
     try:
-        with torch.inference_mode():
+        with (torch.inference_mode() if inference_mode else torch.no_grad()):
             off = not progress or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
             for b in tqdm(batches, desc=desc, disable=off, leave=False):
                 n = lengths[b[0]]

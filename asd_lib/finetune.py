@@ -949,8 +949,9 @@ def _leaky_test_score(man, encoder: nn.Module, cfg: FinetuneConfig, dev: torch.d
         te = man[(man["machine"] == m) & (man["split"] == "test") & man["label"].isin(["normal", "anomaly"])]
         if te.empty or te["label"].nunique() < 2:
             continue
-        e_tr = embed_paths(encoder, tr["path"].tolist(), "ch0", "gem", cfg.duration, device=dev, progress=False)
-        e_te = embed_paths(encoder, te["path"].tolist(), "ch0", "gem", cfg.duration, device=dev, progress=False)
+        kw = dict(device=dev, progress=False, inference_mode=False)  # the encoder keeps training afterwards
+        e_tr = embed_paths(encoder, tr["path"].tolist(), "ch0", "gem", cfg.duration, **kw)
+        e_te = embed_paths(encoder, te["path"].tolist(), "ch0", "gem", cfg.duration, **kw)
         nn_ = NearestNeighbors(n_neighbors=min(6, len(e_tr)), metric="cosine").fit(e_tr)
         score = nn_.kneighbors(e_te)[0][:, -1]
         y = (te["label"] == "anomaly").to_numpy()
