@@ -57,6 +57,7 @@ __all__ = [
     "calibration_scores",
     "make_scorer",
     "score_embeddings",
+    "score_path",
     "SCORER_IDS",
     "HOLDOUT_FRACTIONS",
 ]

@@ -6,7 +6,7 @@ the achieved GFLOP/s as a fraction of this machine's fp32 matrix-multiply rate (
 measured in the same run), and the peak resident memory. Also prints the CPU model and SIMD flags.
 On CUDA (``--device cuda``) the same runs in bf16 autocast.
 
-Run: ``python benchmarks/bench_encoders.py [--batch 8] [--seconds 10] [--threads 2] [--reps 3]``
+Run: ``python benchmarks/bench_backbones.py [--batch 8] [--seconds 10] [--threads 2] [--reps 3]``
 """
 from __future__ import annotations
 
