@@ -266,7 +266,8 @@ def _class_separation(encoder, rows) -> tuple[float, float]:
 
 @pytest.mark.slow
 def test_finetuning_lowers_loss_and_separates_classes(dev_manifest, tmp_path):
-    kw = dict(_FAST, epochs=6, lr_head=2e-2, train_channels=(0,), classes_with_channel=False, keep_epochs=[0])
+    kw = dict(_FAST, epochs=6, lr_backbone=2e-3, lr_head=2e-2, train_channels=(0,), classes_with_channel=False,
+              keep_epochs=[0])
     ckpt = finetune(dev_manifest, "beats-tiny", tmp_path, **kw)
     rows = _read_log(ckpt / "log.csv")
     losses = [float(r["loss"]) for r in rows]
@@ -276,8 +277,8 @@ def test_finetuning_lowers_loss_and_separates_classes(dev_manifest, tmp_path):
     before = _class_separation(backbones.load_backbone(str(ckpt / "epoch_000.pt")), train)
     after = _class_separation(backbones.load_backbone(str(ckpt / "epoch_006.pt")), train)
     print(f"1-NN accuracy {before[0]:.3f} -> {after[0]:.3f}; silhouette {before[1]:.3f} -> {after[1]:.3f}")
-    # measured (seed 0): silhouette 0.129 -> 0.259, 1-NN 0.675 -> 0.713
-    assert after[1] - before[1] > 0.08
+    # measured (seed 0): silhouette 0.132 -> 0.256 (+0.124), 1-NN 0.688 -> 0.787; the margin asked is 0.05
+    assert after[1] - before[1] > 0.05
     assert after[0] >= before[0]
 
 
