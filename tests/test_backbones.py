@@ -486,3 +486,17 @@ def test_error_bad_override_and_recipe():
         load_backbone("beats-huge")
     with pytest.raises(StateDictMismatchError, match="shape mismatch"):
         load_backbone(EAT / "hf", embed_dim=64)
+
+
+def test_beats_trains_after_an_inference_pass():
+    """Cached position buckets from an inference_mode pass must not break a later backward pass."""
+    import torch
+    from asd_lib.backbones import load_backbone
+    enc = load_backbone("beats-tiny")
+    wave = torch.randn(1, 16000) * 0.05
+    with torch.inference_mode():
+        enc.extract_features(wave)
+    enc.train().requires_grad_(True)
+    with torch.enable_grad():  # this module's autouse fixture runs every test under no_grad
+        enc.extract_features(wave).mean().backward()
+    assert enc.encoder.layers[-1].fc2.weight.grad is not None

@@ -231,7 +231,9 @@ class BEATsTransformer(nn.Module):
         """Ungated relative bias (H, L, L) for a sequence of ``length`` tokens."""
         idx = self._buckets.get(length)
         if idx is None:
-            idx = relative_position_buckets(length, int(self.cfg["num_buckets"]), int(self.cfg["max_distance"]))
+            # built outside inference mode: an inference tensor cached here would break a later training pass
+            with torch.inference_mode(False):
+                idx = relative_position_buckets(length, int(self.cfg["num_buckets"]), int(self.cfg["max_distance"]))
             self._buckets = {length: idx}  # keep only the latest length
         table = self.relative_attention_bias.weight
         return F.embedding(idx.to(table.device), table).permute(2, 0, 1).contiguous()
