@@ -111,15 +111,16 @@ def pipeline_figure(models: Sequence[str], scorers: Sequence[str], normalisation
 
     fig, ax = plt.subplots(figsize=(10, 0.9 + 0.55 * max(len(models), len(scorers), 3)))
     ax.set_axis_off()
-    cols = {"audio": 0.05, "model": 0.24, "scorer": 0.46, "norm": 0.64, "mean": 0.79, "min": 0.93}
+    cols = {"audio": 0.07, "model": 0.245, "scorer": 0.42, "norm": 0.595, "mean": 0.77, "min": 0.935}
+    half = 0.062  # half the width of a box; columns are 0.175 apart
 
     def box(x: float, y: float, text: str, color: str) -> None:
-        ax.add_patch(FancyBboxPatch((x - 0.075, y - 0.035), 0.15, 0.07, boxstyle="round,pad=0.01",
+        ax.add_patch(FancyBboxPatch((x - half, y - 0.045), 2 * half, 0.09, boxstyle="round,pad=0.008",
                                     fc=color, ec="0.3", lw=0.8, transform=ax.transAxes))
         ax.text(x, y, text, ha="center", va="center", fontsize=8, transform=ax.transAxes)
 
     def arrow(x0: float, y0: float, x1: float, y1: float) -> None:
-        ax.annotate("", xy=(x1 - 0.077, y1), xytext=(x0 + 0.077, y0), xycoords="axes fraction",
+        ax.annotate("", xy=(x1 - half - 0.004, y1), xytext=(x0 + half + 0.004, y0), xycoords="axes fraction",
                     arrowprops=dict(arrowstyle="->", color="0.4", lw=0.7))
 
     ys_m = np.linspace(0.85, 0.15, len(models)) if len(models) > 1 else [0.5]
@@ -224,7 +225,8 @@ def bars(df, x: str, y: str, hue: str | None = None, title: str = "", ylabel: st
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * df[x].nunique() * (df[hue].nunique() if hue else 1)), 3.4))
+    width = min(11.0, max(5.0, 0.3 * df[x].nunique() * (df[hue].nunique() if hue else 1) + 2.0))
+    fig, ax = plt.subplots(figsize=(width, 3.4))
     sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax, errorbar=None)
     if ref is not None:
         ax.axhline(ref, color="0.5", lw=0.7, ls=":")
@@ -233,5 +235,5 @@ def bars(df, x: str, y: str, hue: str | None = None, title: str = "", ylabel: st
     ax.set_xlabel("")
     ax.tick_params(axis="x", labelrotation=30, labelsize=7)
     if hue:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return fig

@@ -424,11 +424,11 @@ Training embeddings of every machine, projected to 2-D (PCA), one colour per mac
 same per class and domain.
 """),
     ("code", """
-embs, machines, domains = [], [], []
-for m in sorted(man["machine"].unique()):
+embs, owner, domains = [], [], []
+for m in machines:
     z = embed.load_embeddings(L.embeddings, models[-1], channel, m, "train")
-    embs.append(z["emb"]); machines += [m] * len(z["emb"]); domains += list(z["domains"])
-fig = plots.embedding_map(np.concatenate(embs), machines, domains, title=f"{models[-1]} {channel}: train clips by machine")
+    embs.append(z["emb"]); owner += [m] * len(z["emb"]); domains += list(z["domains"])
+fig = plots.embedding_map(np.concatenate(embs), owner, domains, title=f"{models[-1]} {channel}: train clips by machine")
 plots.save_fig("embeddings_by_machine");
 """),
     ("md", """
