@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 export MPLBACKEND := Agg
 
-.PHONY: demo test venv clean-notebooks check-notebooks
+.PHONY: demo test venv notebooks clean-notebooks check-notebooks
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,7 +23,12 @@ demo: $(STAMP)
 	$(VPY) -m asd_lib.run --system all --params params/demo.yaml
 
 test: $(STAMP)
-	$(VPY) -m pytest tests
+	TQDM_DISABLE=1 $(VPY) -m pytest tests
+	TQDM_DISABLE=1 $(VPY) -m pytest --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/
+	$(VPY) -m asd_lib.nbclean --check notebooks/
+
+notebooks: $(STAMP)  ## maintainers: rebuild the notebooks, execute them on the smoke config, clean them
+	$(VPY) tools/build_notebooks.py
 
 clean-notebooks: $(STAMP)
 	$(VPY) -m asd_lib.nbclean notebooks

@@ -260,7 +260,7 @@ def scan(root: str | Path, ground_truth: str | Path | None = None) -> pd.DataFra
 
 
 # ------------------------------------------------------------------------------------------------ audio
-def _wav_truncation(path: Path) -> tuple[int, int] | None:
+def wav_truncation(path: Path) -> tuple[int, int] | None:
     """(declared, present) data bytes when a RIFF/WAVE file holds less audio than its header says, else None.
 
     libsndfile silently reads what is there, so a download cut short would go unnoticed without this check.
@@ -304,7 +304,7 @@ def load_clip(
         raise ValueError(
             f"unreadable or truncated WAV: {path} ({err}). Re-download or regenerate the file."
         ) from err
-    trunc = _wav_truncation(path)
+    trunc = wav_truncation(path)
     if trunc is not None or (info.frames > 0 and data.shape[0] < info.frames):
         what = f"{trunc[1]} of the {trunc[0]} data bytes" if trunc else f"{data.shape[0]} of {info.frames} frames"
         raise ValueError(f"truncated WAV: {path} holds {what} its header announces. "

@@ -45,12 +45,14 @@ import random
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from asd_lib.fsutil import atomic_write_text
 
 __all__ = [
     "ArcFaceHead",
@@ -310,12 +312,6 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _rng_state() -> dict[str, Any]:
     st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -489,7 +485,7 @@ def cache_fbank(train_rows, encoder: nn.Module, cache_dir: str | Path, duration:
         arr.flush()
         del arr
         os.replace(tmp, npy)
-        _atomic_write_text(meta, json.dumps({**want, "recipe": cache_dir.name}))
+        atomic_write_text(meta, json.dumps({**want, "recipe": cache_dir.name}))
         out[machine] = (np.load(npy, mmap_mode="r"), names)
     return out
 
@@ -676,7 +672,7 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
     if epochs == 0:
         if rank == 0:
             save_epoch_checkpoint(0)
-            _atomic_write_text(ckpt_dir / "config.json", json.dumps(config_blob, indent=1))
+            atomic_write_text(ckpt_dir / "config.json", json.dumps(config_blob, indent=1))
             _write_log(ckpt_dir / "log.csv", [])
         _barrier()
         if started_dist:
@@ -791,7 +787,7 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
     elif rank == 0 and (0 in cfg.keep_epochs or trainable == "frozen"):
         save_epoch_checkpoint(0)
     if rank == 0:
-        _atomic_write_text(ckpt_dir / "config.json", json.dumps(config_blob, indent=1))
+        atomic_write_text(ckpt_dir / "config.json", json.dumps(config_blob, indent=1))
 
     def save_state(epoch: int, micro: int) -> None:
         """Everything a resume needs (weights, optimiser, scheduler, RNG, position) to last.pt."""
@@ -913,7 +909,7 @@ def _write_log(path: Path, rows: list[dict]) -> None:
     w.writeheader()
     for r in rows:
         w.writerow(r)
-    _atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 def _prune_checkpoints(ckpt_dir: Path, keep: Sequence[int], latest: int, leaky: dict[int, float]) -> None:
@@ -922,7 +918,7 @@ def _prune_checkpoints(ckpt_dir: Path, keep: Sequence[int], latest: int, leaky: 
     if scored:
         best = max(scored, key=scored.get)
         keep_set.add(best)
-        _atomic_write_text(ckpt_dir / "selected_on_test_LEAKY.json",
+        atomic_write_text(ckpt_dir / "selected_on_test_LEAKY.json",
                            json.dumps({"epoch": best, "score": scored[best], "scores": scored,
                                        "warning": "chosen with test labels (the authors' selection): a leak"}))
     for p in ckpt_dir.glob("epoch_*.pt"):

@@ -22,12 +22,13 @@ import math
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from asd_lib.fsutil import atomic_write_text  # noqa: F401  (re-exported: submission and evaluate use it)
 import pandas as pd
 import scipy.stats
 from sklearn import metrics as skm
@@ -634,22 +635,6 @@ def write_result_csv(res: EvaluationResult, path: str | os.PathLike) -> Path:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(result_csv_lines(res))
     return atomic_write_text(path, buf.getvalue())
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write text to path via a temp file in the same folder and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def format_summary(res: EvaluationResult) -> str:

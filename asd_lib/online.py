@@ -41,7 +41,6 @@ import json
 import os
 import platform
 import shutil
-import struct
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -50,6 +49,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from asd_lib.fsutil import replace_dir
 
 __all__ = [
     "FORMAT_VERSION",
@@ -147,34 +148,6 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _wav_truncation(path: Path) -> str | None:
-    """A message when a RIFF/WAVE file is shorter than its header says (a copy cut short), else None."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(12)
-            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-                return None  # not RIFF: soundfile decides whether it can read it
-            riff = struct.unpack("<I", head[4:8])[0]
-            pos = 12
-            while pos + 8 <= size:
-                fh.seek(pos)
-                cid, csize = struct.unpack("<4sI", fh.read(8))
-                if cid == b"data":
-                    if csize in (0, 0xFFFFFFFF):  # streaming writers leave the size open
-                        return None
-                    if pos + 8 + csize > size:
-                        return (f"truncated WAV: its header announces {csize} bytes of audio, the file holds "
-                                f"{size - pos - 8}")
-                    return None
-                pos += 8 + csize + (csize & 1)
-            if riff not in (0, 0xFFFFFFFF) and riff + 8 > size:
-                return f"truncated WAV: the RIFF header announces {riff + 8} bytes, the file has {size}"
-    except OSError:
-        return None
-    return None
 
 
 def _same_fitted(a: Any, b: Any) -> bool:
@@ -376,14 +349,15 @@ class OnlineSystem:
         """Load the scored channel(s) of a WAV as float32 (C, T) at 16 kHz, the way ``embed_paths`` does; notes."""
         import soundfile as sf
 
-        from asd_lib.data import load_clip
+        from asd_lib.data import load_clip, wav_truncation
 
         p = Path(path)
         if not p.is_file():
             raise ClipError("missing", f"audio file not found: {p}", str(p))
-        trunc = _wav_truncation(p)
+        trunc = wav_truncation(p)
         if trunc:
-            raise ClipError("truncated", f"{trunc}: {p}. The copy was cut short; copy or record it again", str(p))
+            raise ClipError("truncated", f"truncated WAV: its header announces {trunc[0]} bytes of audio, the file "
+                            f"holds {trunc[1]}: {p}. The copy was cut short; copy or record it again", str(p))
         try:
             info = sf.info(str(p))
         except Exception as err:  # libsndfile raises several classes
@@ -632,13 +606,7 @@ class OnlineSystem:
                                          "classes_with_channel": self.classes_with_channel},
                         "files": files, **dict(extra_manifest or {})}
             _write_json(tmp / "manifest.json", manifest)
-            if out.exists():
-                old = out.parent / f".{out.name}.old-{os.getpid()}"
-                os.replace(out, old)
-                os.replace(tmp, out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, out)
+            replace_dir(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from asd_lib import params as P
+from asd_lib.fsutil import atomic_write_text as atomic_write
 
 ROOT = P.ROOT
 NOTEBOOK_DIR = P.NOTEBOOK_DIR
@@ -96,14 +97,6 @@ class RunLog:
         for r in self.results:
             w.writerow([r.notebook, r.where, r.status, f"{r.seconds:.2f}", r.executed])
         atomic_write(path, buf.getvalue())
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def notebook_path(name: str) -> Path:

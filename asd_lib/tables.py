@@ -19,6 +19,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from asd_lib.fsutil import atomic_write_text
+
 MACHINES: tuple[str, ...] = ("ToyCar", "ToyCarEmu", "bearingEmu", "fan", "gearboxEmu", "sliderEmu", "valveEmu")
 SYSTEM_LABELS: dict[str, str] = {"dev_online": "DEV Online", "dev_offline": "DEV Offline",
                                  "devadd_online": "DEV+ADD Online", "devadd_offline": "DEV+ADD Offline"}
@@ -266,11 +268,6 @@ def to_latex(table: pd.DataFrame, caption: str = "", label: str = "") -> str:
                       escape=False, column_format="l" + "r" * t.shape[1])
 
 
-def _atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write(table: pd.DataFrame, tidy: pd.DataFrame, out_dir: str | os.PathLike, stem: str,
@@ -278,10 +275,10 @@ def write(table: pd.DataFrame, tidy: pd.DataFrame, out_dir: str | os.PathLike, s
     """Write ``<stem>.csv`` (tidy numbers: mean, sd, n), ``<stem>.md`` and ``<stem>.tex`` under ``out_dir``."""
     out = Path(out_dir)
     paths = {"csv": out / f"{stem}.csv", "md": out / f"{stem}.md", "tex": out / f"{stem}.tex"}
-    _atomic(paths["csv"], aggregate(tidy).to_csv(index=False, float_format="%.6f"))
+    atomic_write_text(paths["csv"], aggregate(tidy).to_csv(index=False, float_format="%.6f"))
     md = (f"**{caption}**\n\n" if caption else "") + to_markdown(table)
-    _atomic(paths["md"], md)
-    _atomic(paths["tex"], to_latex(table, caption=caption, label=f"tab:{stem}"))
+    atomic_write_text(paths["md"], md)
+    atomic_write_text(paths["tex"], to_latex(table, caption=caption, label=f"tab:{stem}"))
     return paths
 
 

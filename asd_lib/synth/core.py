@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import ADD_MACHINES, ALL_MACHINES, DEV_MACHINES
+from ..data import ADD_MACHINES, ALL_MACHINES
+from ..fsutil import replace_dir
 from . import room
 from .machines import FAULT_GAIN, FAULTS, MACHINE_FN, VOCAB
 
@@ -320,13 +321,7 @@ def generate(out_dir: str | Path, preset: str = "tiny", seed: int = 0, jobs: int
         info = [r for res in results for r in res]
         _write_csv(tmp / "clip_info.csv", [list(info[0])] + [list(r.values()) for r in info])
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
