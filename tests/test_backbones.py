@@ -28,6 +28,17 @@ EAT_FORMATS = ["fairseq_pretrain.pt", "fairseq_finetuned.pt", "hf"]
 def _tol(folder: Path, key: str, default: float) -> float:
     return float(_manifest(folder).get("suggested_tolerances", {}).get(key, default))
 
+def _check_fbank(enc, wave, exp, case: str, manifest) -> "torch.Tensor":
+    """Preprocess ``wave`` and check frame count, the strided reference frames and (when stored) every frame."""
+    fb = enc.preprocess(wave)
+    stride = int(exp["fbank_frame_stride"])
+    assert fb.shape[1] == int(exp[f"fbank_num_frames_{case}"])
+    atol = _tol(manifest, "fbank_atol", 1e-4)
+    assert _abs(fb[:, ::stride], exp[f"fbank_strided_{case}"]) <= atol
+    if f"fbank_{case}" in exp:
+        assert _abs(fb, exp[f"fbank_{case}"]) <= atol
+    return fb
+
 
 def _rel(got: torch.Tensor | np.ndarray, ref: np.ndarray) -> float:
     got = got.detach().numpy() if isinstance(got, torch.Tensor) else got
@@ -77,12 +88,7 @@ def test_beats_parity(case, beats_io, beats_models):
     inputs, exp = beats_io
     wave = torch.from_numpy(inputs[case])
     pre, ft = beats_models["pre"], beats_models["ft"]
-    fb = pre.preprocess(wave)
-    stride = int(exp["fbank_frame_stride"])
-    assert fb.shape[1] == int(exp[f"fbank_num_frames_{case}"])
-    assert _abs(fb[:, ::stride], exp[f"fbank_strided_{case}"]) <= _tol(BEATS, "fbank_atol", 1e-4)
-    if f"fbank_{case}" in exp:
-        assert _abs(fb, exp[f"fbank_{case}"]) <= _tol(BEATS, "fbank_atol", 1e-4)
+    fb = _check_fbank(pre, wave, exp, case, BEATS)
     strict = _tol(BEATS, "features_max_abs_over_max_abs_strict", 2e-5)
     assert _rel(pre.forward_fbank(fb), exp[f"features_{case}"]) <= strict
     assert _rel(ft.extract_features(wave), exp[f"features_{case}"]) <= strict  # same encoder tensors
@@ -113,12 +119,7 @@ def test_eat_parity_canonical(fmt, case, eat_io, eat_models):
     enc = eat_models[fmt]
     enc.recipe = "eat"
     wave = torch.from_numpy(inputs[case])
-    fb = enc.preprocess(wave)
-    stride = int(exp["fbank_frame_stride"])
-    assert fb.shape[1] == int(exp[f"fbank_num_frames_{case}"])
-    assert _abs(fb[:, ::stride], exp[f"fbank_strided_{case}"]) <= _tol(EAT, "fbank_atol", 1e-4)
-    if f"fbank_{case}" in exp:
-        assert _abs(fb, exp[f"fbank_{case}"]) <= _tol(EAT, "fbank_atol", 1e-4)
+    fb = _check_fbank(enc, wave, exp, case, EAT)
     tok = enc.forward_fbank(fb)
     assert tok.shape[1] == 1 + (fb.shape[1] // 16) * 8  # CLS first
     assert _rel(tok, exp[f"features_{case}"]) <= _tol(EAT, "features_max_abs_over_max_abs_strict", 2e-5)
