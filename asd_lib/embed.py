@@ -25,6 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from asd_lib.fsutil import atomic_savez
+
 __all__ = ["POOLINGS", "CHANNELS", "pool_tokens", "gem_pool", "embed_paths", "extract_embeddings",
            "load_embeddings", "embedding_path"]
 
@@ -180,16 +182,6 @@ def load_embeddings(out_root: str | Path, model_id: str, channel: str, machine: 
         return {k: z[k] for k in ("emb", "names", "labels", "domains")}
 
 
-def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _cache_ok(path: Path, names: list[str]) -> bool:
     if not path.exists():
         return False
@@ -251,6 +243,6 @@ def extract_embeddings(manifest: Any, checkpoint_or_encoder: Any, out_root: str 
                               progress, desc=f"{model_id} {channel} {machine} {split}")
             labels = rows["label"].map(_LABELS).fillna(-1).astype(np.int64).to_numpy()
             domains = rows["domain"].fillna("").astype(str).to_numpy()
-            _atomic_savez(path, emb=emb.astype(np.float32), names=np.asarray(names, dtype=str), labels=labels,
+            atomic_savez(path, emb=emb.astype(np.float32), names=np.asarray(names, dtype=str), labels=labels,
                           domains=domains.astype(str))
     return result

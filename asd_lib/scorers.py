@@ -30,8 +30,6 @@ density itself the error is at most eps * d_max / rho; this never needs a full s
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -44,6 +42,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import QuantileTransformer
 from sklearn.preprocessing import normalize as sk_normalize
 from sklearn.utils.validation import check_is_fitted
+
+from asd_lib.fsutil import atomic_savez
 
 __all__ = [
     "AAUPreprocess",
@@ -840,19 +840,6 @@ def _load_emb(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.stem + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def score_path(score_root: str | Path, model: str, channel: str, scorer: str, machine: str) -> Path:
     """results/<regime>/scores/<model>/<channel>/<scorer>/<machine>.npz"""
     return Path(score_root) / model / channel / scorer / f"{machine}.npz"
@@ -939,7 +926,7 @@ def score_embeddings(
                 else:
                     held_est = _fit(clone(est), v["fit"], None if dom is None else dom[fit_idx])
                     calib, cnames, kind = held_est.decision_function(v["held"]), tr_names[held], "holdout"
-                _save_npz_atomic(out, test=test.astype(np.float64), calib=calib.astype(np.float64), names=te_names,
+                atomic_savez(out, test=test.astype(np.float64), calib=calib.astype(np.float64), names=te_names,
                                  calib_names=cnames, calib_kind=np.array(kind))
                 written.append(out)
     if ae_jobs:
@@ -956,7 +943,7 @@ def _score_ae_batched(jobs: list[dict[str, Any]]) -> list[Path]:
     for j, job in enumerate(jobs):
         test = _ae_mse(res[2 * j]["params"], job["views"]["test"], ae.device)
         calib = _ae_mse(res[2 * j + 1]["params"], job["views"]["held"], ae.device)
-        _save_npz_atomic(job["out"], test=test, calib=calib, names=job["te_names"], calib_names=job["calib_names"],
+        atomic_savez(job["out"], test=test, calib=calib, names=job["te_names"], calib_names=job["calib_names"],
                          calib_kind=np.array("holdout"))
         written.append(job["out"])
     return written
