@@ -27,8 +27,8 @@ test: $(STAMP)
 	TQDM_DISABLE=1 $(VPY) -m pytest --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/
 	$(VPY) -m asd_lib.nbclean --check notebooks/
 
-notebooks: $(STAMP)  ## maintainers: rebuild the notebooks, execute them on the smoke config, clean them
-	$(VPY) tools/build_notebooks.py
+notebooks: $(STAMP)  ## maintainers: re-execute the committed notebooks in place (smoke config) and clean them
+	$(VPY) tools/execute_notebooks.py
 
 clean-notebooks: $(STAMP)
 	$(VPY) -m asd_lib.nbclean notebooks

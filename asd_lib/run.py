@@ -32,10 +32,11 @@ KERNEL = "python3"
 # The notebooks in pipeline order and where each one's outputs live:
 #   regime - shared by the online and offline systems of one data regime: results/<regime>/
 #   system - one per system: results/<system>/
-#   shared - once per results root, for every system (the organisers' baseline): results/baseline/
+#   shared - once per results root, for every system (the pre-training probes, the organisers' baseline): results/baseline/
 #   report - once per invocation, over all systems found under the results root: results/report/
 NOTEBOOKS: tuple[tuple[str, str], ...] = (
     ("00_data_and_labels", "regime"),
+    ("00b_pretrain", "shared"),
     ("01_finetune_arcface", "regime"),
     ("02_extract_embeddings", "regime"),
     ("03a_score_knn", "regime"),

@@ -155,7 +155,7 @@ def test_end_to_end_dev_offline_on_the_smoke_config(smoke_run):
     assert len(subs) == 7 and len(list((res / "dev_offline" / "submission").glob("decision_result_*"))) == 7
     assert (res / "dev_offline" / "result.csv").is_file()
     for name, scope in run.NOTEBOOKS[:8]:
-        where = "dev" if scope == "regime" else "dev_offline"
+        where = {"regime": "dev", "system": "dev_offline", "shared": "baseline"}[scope]
         assert (res / where / "notebooks" / f"{name}.ipynb").is_file(), name
     assert (res / "baseline" / "MSE").is_dir() and (res / "tables" / "table1.md").is_file()
     assert "per-stage time" in out.stdout and (res / "dev_offline" / "timings.csv").is_file()

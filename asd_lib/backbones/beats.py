@@ -316,8 +316,8 @@ class BEATsEncoder(Encoder):
         p = int(self.cfg["input_patch_size"])
         return (frames // p) * (128 // p)
 
-    def forward_fbank(self, fbank: torch.Tensor) -> torch.Tensor:
-        """Normalised fbank (B, frames, 128) -> tokens (B, N, D), N = (frames // 16) * 8."""
+    def patch_tokens(self, fbank: torch.Tensor) -> torch.Tensor:
+        """Normalised fbank (B, frames, 128) -> patch features (B, N, D) before the Transformer (token = t * 8 + f)."""
         if fbank.dim() != 3:
             raise ValueError(f"expected fbank of shape (B, frames, 128), got {tuple(fbank.shape)}")
         p = int(self.cfg["input_patch_size"])
@@ -328,8 +328,11 @@ class BEATsEncoder(Encoder):
         x = self.layer_norm(x)
         if self.post_extract_proj is not None:
             x = self.post_extract_proj(x)
-        x = F.dropout(x, float(self.cfg["dropout_input"]), self.training)
-        return self.encoder(x)
+        return F.dropout(x, float(self.cfg["dropout_input"]), self.training)
+
+    def forward_fbank(self, fbank: torch.Tensor) -> torch.Tensor:
+        """Normalised fbank (B, frames, 128) -> tokens (B, N, D), N = (frames // 16) * 8."""
+        return self.encoder(self.patch_tokens(fbank))
 
     def classify_fbank(self, fbank: torch.Tensor) -> torch.Tensor:
         """Fine-tuned reference output: sigmoid(mean over tokens of predictor(tokens)) -> (B, classes)."""

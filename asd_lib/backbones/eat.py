@@ -252,8 +252,8 @@ class EATEncoder(Encoder):
             self.fixed_positional_encoder.positions.copy_(
                 sincos_table(self.embed_dim, int(self.cfg["max_length"]), self.freq_patches))
 
-    def forward_fbank(self, fbank: torch.Tensor) -> torch.Tensor:
-        """Normalised fbank (B, frames, 128) -> tokens (B, 1 + N, D), CLS first, N = (frames // 16) * 8."""
+    def patch_tokens(self, fbank: torch.Tensor) -> torch.Tensor:
+        """Normalised fbank (B, frames, 128) -> patch embeddings + fixed positions (B, N, D), token = t * 8 + f."""
         if fbank.dim() != 3:
             raise ValueError(f"expected fbank of shape (B, frames, 128), got {tuple(fbank.shape)}")
         p = int(self.cfg["patch_size"])
@@ -274,17 +274,27 @@ class EATEncoder(Encoder):
                 f"clip too long for the positional table: {fbank.shape[1]} fbank frames give "
                 f"{x.shape[1] // self.freq_patches} time patches, the table holds {self.max_time_patches} "
                 f"(max_length). " + hint)
-        x = x + pos[:, : x.shape[1]]
+        return x + pos[:, : x.shape[1]]
+
+    def forward_tokens(self, x: torch.Tensor, all_layers: bool = False):
+        """Patch tokens (B, N, D) -> (B, 1 + N, D) with CLS first; ``all_layers``: the list of every block's output."""
         x = torch.cat([self.extra_tokens.expand(x.shape[0], -1, -1), x], dim=1)
         x = self.context_encoder.norm(x)
         x = F.dropout(x, float(self.cfg["prenet_dropout"]), self.training)
         x = F.dropout(x, float(self.cfg["dropout_input"]), self.training)
         layerdrop = float(self.cfg["layerdrop"])
+        layers = []
         for blk in self.blocks:
             if self.training and layerdrop > 0 and torch.rand(()) < layerdrop:
+                layers.append(x)
                 continue
             x = blk(x)
-        return x
+            layers.append(x)
+        return layers if all_layers else x
+
+    def forward_fbank(self, fbank: torch.Tensor) -> torch.Tensor:
+        """Normalised fbank (B, frames, 128) -> tokens (B, 1 + N, D), CLS first, N = (frames // 16) * 8."""
+        return self.forward_tokens(self.patch_tokens(fbank))
 
     def classify_fbank(self, fbank: torch.Tensor) -> torch.Tensor:
         """Fine-tuned reference output: logits (B, classes) = head(fc_norm(CLS)) (or of the token mean)."""

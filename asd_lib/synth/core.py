@@ -25,7 +25,7 @@ import numpy as np
 from ..data import ADD_MACHINES, ALL_MACHINES
 from ..fsutil import replace_dir
 from . import room
-from .machines import FAULT_GAIN, FAULTS, MACHINE_FN, VOCAB
+from .machines import FAULT_GAIN, FAULTS, VOCAB, draw_operating_point, run_machine
 
 SAMPLE_RATE = 16000
 _DOMAINS = ("source", "target")
@@ -49,6 +49,9 @@ PRESETS: dict[str, Preset] = {
     "dev-size": Preset("dev-size", 1.0, 990, 10, 50),
 }
 EVAL_LENGTHS_S = (6.0, 10.0, 16.0)
+# Fault severity is log-uniform over this range: real faults span orders of magnitude, and most are mild (a
+# slightly worn tooth is common, a broken one rare), so a detector must also catch the subtle ones.
+SEVERITY = (0.05, 1.0)
 
 
 def _code_version() -> str:
@@ -150,9 +153,11 @@ def synth_clip(spec: ClipSpec) -> tuple[np.ndarray, dict]:
     fault, sev = None, 0.0
     if spec.label == "anomaly":
         fault = str(rng.choice(FAULTS[spec.machine]))
-        sev = float(min(1.0, rng.uniform(0.1, 1.0) * FAULT_GAIN[spec.machine]))
+        lo, hi = np.log(SEVERITY)
+        sev = float(min(1.0, np.exp(rng.uniform(lo, hi)) * FAULT_GAIN[spec.machine]))
     cond = room.draw_conditions(rng, spec.domain)
-    dry = MACHINE_FN[spec.machine](rng, spec.n_samples, SAMPLE_RATE, attrs, spec.domain, fault, sev)
+    op = draw_operating_point(rng)
+    dry = run_machine(spec.machine, rng, spec.n_samples, SAMPLE_RATE, attrs, spec.domain, fault, sev, op)
     stereo = room.render(rng, dry, SAMPLE_RATE, cond)
     pcm = np.clip(np.round(stereo.T * 32767.0), -32768, 32767).astype(np.int16)
     info = dict(path=spec.rel_path, machine=spec.machine, split=spec.split, domain=spec.domain, label=spec.label,

@@ -358,6 +358,33 @@ def sander(rng, n, sr, attrs, domain, fault, sev):
     return x
 
 
+# ------------------------------------------------------------------------------------ operating point
+# A machine at one attribute value never runs the same way twice (SYNTH_NOTES; real normal recordings of one
+# setting differ in speed, load and level from recording to recording). Per clip: the speed drifts by up to
+# +-4 % (supply, load, temperature), which moves every rotation line, impact rate and resonance together; the
+# load tilts the balance between the low tonal parts and the high broadband parts by up to +-1.5 dB per octave;
+# and the machine's level against the room's noise changes by up to +-3 dB.
+OPERATING_POINT = {"speed": 0.04, "tilt_db_per_octave": 1.5, "level_db": 3.0}
+
+
+def draw_operating_point(rng: np.random.Generator) -> dict:
+    """One recording's operating point: speed factor, spectral tilt (dB/octave around 1 kHz), level (dB)."""
+    v = OPERATING_POINT
+    return dict(speed=1.0 + float(rng.uniform(-v["speed"], v["speed"])),
+                tilt=float(rng.uniform(-v["tilt_db_per_octave"], v["tilt_db_per_octave"])),
+                level_db=float(rng.uniform(-v["level_db"], v["level_db"])))
+
+
+def run_machine(machine: str, rng: np.random.Generator, n: int, sr: int, attrs: dict, domain: str,
+                fault: str | None, sev: float, op: dict) -> np.ndarray:
+    """The dry machine signal (n,) at an operating point: run at op['speed'], tilted and levelled."""
+    m = int(np.ceil(n * op["speed"])) + 2
+    x = dsp.lerp(MACHINE_FN[machine](rng, m, sr, attrs, domain, fault, sev), np.arange(n) * op["speed"])
+    f = np.maximum(dsp.freqs(n, sr), 50.0)
+    x = np.fft.irfft(np.fft.rfft(x) * (f / 1000.0) ** (op["tilt"] / 6.02), n)
+    return x * dsp.db(op["level_db"])
+
+
 MACHINE_FN = {
     "ToyCar": toycar, "ToyCarEmu": toycar, "bearingEmu": bearing, "fan": fan, "gearboxEmu": gearbox,
     "sliderEmu": slider, "valveEmu": valve, "ToyDrone": drone, "ToothBrush": toothbrush,

@@ -16,15 +16,19 @@ from . import dsp
 C_SOUND = 343.0
 
 # Acoustic conditions per domain: ranges drawn per clip. The target domain is another hall/position:
-# farther mic, longer reverberation, duller air path, louder and differently coloured noise.
+# farther mic, longer reverberation, duller air path, louder and differently coloured noise. Within a domain the
+# background changes from recording to recording as a factory's does: its level at the near mic (near_snr), its
+# colour (noise_tilt), how loud the other machine and the mains hum are, and how often non-fault events happen;
+# the recordist's gain and the near mic's placement (near_eq) change too.
 CONDITIONS = {
     "source": dict(dist=(2.0, 3.0), rt60=(0.3, 0.5), air_lp=(5000.0, 7000.0), snr_far=(2.0, 5.0),
-                   noise_tilt=(-4.0, -3.0), event_rate=0.5, coh_fc=(250.0, 400.0), near_snr=(26.0, 30.0),
-                   hum=50.0, near_eq=(-0.5, 0.5)),
+                   noise_tilt=(-5.0, -2.5), event_rate=(0.0, 1.0), coh_fc=(250.0, 400.0), near_snr=(16.0, 30.0),
+                   hum=50.0, near_eq=(-1.0, 1.0), other_level=(0.0, 0.6), hum_level=(0.1, 0.5)),
     "target": dict(dist=(3.5, 5.0), rt60=(0.6, 0.9), air_lp=(3000.0, 4500.0), snr_far=(-1.0, 2.0),
-                   noise_tilt=(-2.5, -1.5), event_rate=0.9, coh_fc=(150.0, 250.0), near_snr=(22.0, 26.0),
-                   hum=60.0, near_eq=(-2.0, -1.0)),
+                   noise_tilt=(-3.0, -1.0), event_rate=(0.0, 1.8), coh_fc=(150.0, 250.0), near_snr=(12.0, 26.0),
+                   hum=60.0, near_eq=(-2.5, -0.5), other_level=(0.1, 0.8), hum_level=(0.1, 0.5)),
 }
+GAIN_DB = 4.0  # the recordist's gain, +- this many dB per clip
 
 
 def draw_conditions(rng: np.random.Generator, domain: str) -> dict:
@@ -32,9 +36,10 @@ def draw_conditions(rng: np.random.Generator, domain: str) -> dict:
     c = CONDITIONS[domain]
     u = lambda key: float(rng.uniform(*c[key]))  # noqa: E731
     return dict(dist=u("dist"), rt60=u("rt60"), air_lp=u("air_lp"), snr_far=u("snr_far"),
-                noise_tilt=u("noise_tilt"), event_rate=c["event_rate"], coh_fc=u("coh_fc"),
-                near_snr=u("near_snr"), hum=c["hum"], near_eq=u("near_eq"),
-                other_f0=float(rng.uniform(20.0, 45.0)), gain_db=float(rng.uniform(-1.5, 1.5)))
+                noise_tilt=u("noise_tilt"), event_rate=u("event_rate"), coh_fc=u("coh_fc"),
+                near_snr=u("near_snr"), hum=c["hum"], near_eq=u("near_eq"), other_level=u("other_level"),
+                hum_level=u("hum_level"), other_f0=float(rng.uniform(20.0, 45.0)),
+                gain_db=float(rng.uniform(-GAIN_DB, GAIN_DB)))
 
 
 def _rir(rng: np.random.Generator, n: int, sr: int, cond: dict) -> np.ndarray:
@@ -99,7 +104,8 @@ def render(rng: np.random.Generator, dry: np.ndarray, sr: int, cond: dict, level
     hum = dsp.harmonics(rng, np.arange(n) * (cond["hum"] / sr), [1.0, 0.5, 0.3])
     other = dsp.harmonics(rng, dsp.phase(rng, n, sr, cond["other_f0"], 0.01), [0.5, 1.0, 0.4, 0.6, 0.2, 0.3])
     ev = _events(rng, n, sr, cond["event_rate"])
-    base = [z / (np.sqrt(np.mean(z * z)) + 1e-12) + 0.3 * hum + 0.3 * other for z in nz]
+    base = [z / (np.sqrt(np.mean(z * z)) + 1e-12) + cond.get("hum_level", 0.3) * hum + cond.get("other_level", 0.3) * other
+            for z in nz]
     far_rms = np.sqrt(np.mean(far * far)) + 1e-12
     noise_far = level * 0.35 / cond["dist"] * 2.0 * dsp.db(-cond["snr_far"])  # absolute, not per-clip normalised
     noise_far = max(noise_far, 0.0)
