@@ -366,7 +366,7 @@ def run_baseline(data: str | os.PathLike | pd.DataFrame, machines: Sequence[str]
                 write_submission(out / s, mach, [n for n, k in zip(names, sel) if k], arr[sel], dec[sel], section=sec)
         info["machines"][mach] = {"n_train_vectors": int(len(X)), "threshold": trained.threshold,
                                   "gamma": trained.gamma, "final_loss": trained.history[-1] if trained.history else
-                                  None, "seconds": time.time() - t0}
+                                  None, "history": trained.history, "seconds": time.time() - t0}
         if verbose:
             print(f"[{mi + 1}/{len(machines)}] {mach}: {len(X)} vectors, {time.time() - t0:.1f} s")
     return info

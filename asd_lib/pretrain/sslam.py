@@ -12,7 +12,8 @@ Introduced in notebook ``00b_pretrain``. What follows the papers and the release
 - a light 2-D CNN decoder (conv 3x3 + LayerNorm + GELU, grouped, residual, then a linear layer) fills in the
   masked patches from the student's visible outputs (masked positions enter as noise of std 0.01) and regresses
   the frame targets at the masked positions; the loss is the squared error summed over dimensions / sqrt(D);
-- utterance loss: the student's CLS output regresses the patch mean of the teacher's last block (weight 1);
+- utterance loss: the student's CLS output regresses the patch mean of the teacher's last block (weight 1); we
+  average the raw outputs, then layer-normalise (the frame targets' instance norm first would make it constant);
 - SSLAM: the batch is doubled with mixtures. A clip is mixed with the previous clip of the batch as the
   element-wise maximum of their normalised log-mel spectrograms, except in two stretches of time where the
   partner is left out; a mixed clip reuses its original's masks. Source retention: in the mixed stretches the
@@ -91,11 +92,16 @@ def mix_stretches(batch: int, t: int, gen: torch.Generator, frac: float = 0.25) 
 
 
 def frame_targets(layers: list[torch.Tensor], n_extra: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher block outputs -> frame targets (B, N, D) (mean of instance-normed blocks, then layer norm), CLS target."""
+    """Teacher block outputs -> frame targets (B, N, D) and the utterance target (B, D).
+
+    Frames: the mean over blocks of each block's patch outputs instance-normalised over the patches, then layer
+    norm. Utterance: the layer-normed patch mean of the last block's raw output. (Instance-normalising first, as
+    the frame targets are, would make every patch mean zero and the utterance target a constant.)
+    """
+    d = layers[0].shape[-1:]
     normed = [F.instance_norm(y[:, n_extra:].transpose(1, 2)).transpose(1, 2) for y in layers]
-    frames = F.layer_norm(torch.stack(normed).mean(0), normed[0].shape[-1:])
-    cls = F.layer_norm(normed[-1], normed[-1].shape[-1:]).mean(1)
-    return frames, cls
+    frames = F.layer_norm(torch.stack(normed).mean(0), d)
+    return frames, F.layer_norm(layers[-1][:, n_extra:].mean(1), d)
 
 
 def _sq_err(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -153,8 +153,7 @@ def synth_clip(spec: ClipSpec) -> tuple[np.ndarray, dict]:
     fault, sev = None, 0.0
     if spec.label == "anomaly":
         fault = str(rng.choice(FAULTS[spec.machine]))
-        lo, hi = np.log(SEVERITY)
-        sev = float(min(1.0, np.exp(rng.uniform(lo, hi)) * FAULT_GAIN[spec.machine]))
+        sev = float(min(1.0, draw_severity(rng) * FAULT_GAIN[spec.machine]))
     cond = room.draw_conditions(rng, spec.domain)
     op = draw_operating_point(rng)
     dry = run_machine(spec.machine, rng, spec.n_samples, SAMPLE_RATE, attrs, spec.domain, fault, sev, op)
@@ -166,6 +165,12 @@ def synth_clip(spec: ClipSpec) -> tuple[np.ndarray, dict]:
                 dist_m=round(cond["dist"], 3), snr_far_db=round(cond["snr_far"], 2),
                 peak=round(float(np.abs(stereo).max()), 4))
     return pcm, info
+
+
+def draw_severity(rng: np.random.Generator) -> float:
+    """A fault's severity, log-uniform over SEVERITY."""
+    lo, hi = np.log(SEVERITY)
+    return float(np.exp(rng.uniform(lo, hi)))
 
 
 def _write_chunk(args: tuple[str, list[ClipSpec]]) -> list[dict]:
