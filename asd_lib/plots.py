@@ -220,14 +220,18 @@ def embedding_map(emb: np.ndarray, classes: Sequence[str], domains: Sequence[str
     return fig
 
 
-def bars(df, x: str, y: str, hue: str | None = None, title: str = "", ylabel: str = "", ref: float | None = 0.5):
-    """Grouped bar chart (seaborn) with an optional reference line (chance = 0.5)."""
+def bars(df, x: str, y: str, hue: str | None = None, title: str = "", ylabel: str = "", ref: float | None = 0.5,
+         errorbar: str | None = None):
+    """Grouped bar chart (seaborn) with an optional reference line (chance = 0.5).
+
+    Several rows per bar (e.g. one per seed) are averaged; ``errorbar='sd'`` draws their standard deviation.
+    """
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     width = min(11.0, max(5.0, 0.3 * df[x].nunique() * (df[hue].nunique() if hue else 1) + 2.0))
     fig, ax = plt.subplots(figsize=(width, 3.4))
-    sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax, errorbar=None)
+    sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax, errorbar=errorbar, capsize=0.15 if errorbar else 0.0)
     if ref is not None:
         ax.axhline(ref, color="0.5", lw=0.7, ls=":")
     ax.set_title(title, fontsize=9)

@@ -108,6 +108,8 @@ def baseline_scores(root: Path, epochs: int, seed: int) -> dict:
             out[f"baseline_{name}"] = r.official_score
             out[f"baseline_{name}_auc_s"] = float(t["AUC (source)"].mean())
             out[f"baseline_{name}_auc_t"] = float(t["AUC (target)"].mean())
+            per_machine = t.groupby("machine")[["AUC (source)", "AUC (target)"]].mean().mean(axis=1)
+            out[f"baseline_{name}_worst_machine_auc"] = float(per_machine.min())
         # convergence: the first epoch whose validation loss is within 2 % of the machine's best, worst machine
         val = [np.array([h["val_loss"] for h in m["history"]]) for m in info["machines"].values()]
         out["baseline_converged_epoch"] = max(int(np.argmax(v <= 1.02 * v.min())) + 1 for v in val)

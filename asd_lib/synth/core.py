@@ -51,7 +51,7 @@ PRESETS: dict[str, Preset] = {
 EVAL_LENGTHS_S = (6.0, 10.0, 16.0)
 # Fault severity is log-uniform over this range: real faults span orders of magnitude, and most are mild (a
 # slightly worn tooth is common, a broken one rare), so a detector must also catch the subtle ones.
-SEVERITY = (0.05, 1.0)
+SEVERITY = (0.1, 1.0)
 
 
 def _code_version() -> str:
