@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 export MPLBACKEND := Agg
 
-.PHONY: demo test venv notebooks clean-notebooks check-notebooks
+.PHONY: demo test venv notebooks clean-notebooks check-notebooks pretrain
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: $(STAMP)
 	TQDM_DISABLE=1 $(VPY) -m pytest tests
 	TQDM_DISABLE=1 $(VPY) -m pytest --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/
 	$(VPY) -m asd_lib.nbclean --check notebooks/
+
+pretrain: $(STAMP)  ## regenerate checkpoints/ (one thread each, as the shipped runs; about an hour one after the other)
+	$(VPY) -m asd_lib.pretrain --encoder beats --steps 10000 --threads 1
+	$(VPY) -m asd_lib.pretrain --encoder sslam --steps 4000 --threads 1
 
 notebooks: $(STAMP)  ## maintainers: re-execute the committed notebooks in place (smoke config) and clean them
 	$(VPY) tools/execute_notebooks.py
