@@ -36,7 +36,7 @@ def test_merge_order_and_provenance(tmp_path: Path):
     extra = _overlay(tmp_path, "extra.yaml", {"knn_k": 3})
     p = P.load("dev_online", [SMOKE, extra])
     assert p["fusion_mode"] == "online" and p.sources["fusion_mode"] == "params/dev_online.yaml"
-    assert p["beats_checkpoint"] == "beats-tiny" and p.sources["beats_checkpoint"] == "params/smoke.yaml"
+    assert p["beats_checkpoint"] == "checkpoints/beats_kit.pt" and p.sources["beats_checkpoint"] == "params/smoke.yaml"
     assert p["knn_k"] == 3 and p.sources["knn_k"] == extra
     assert p["arcface_m"] == 0.2 and p.sources["arcface_m"] == "params/base.yaml"
 
