@@ -234,6 +234,9 @@ def bars(df, x: str, y: str, hue: str | None = None, title: str = "", ylabel: st
     sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax, errorbar=errorbar, capsize=0.15 if errorbar else 0.0)
     if ref is not None:
         ax.axhline(ref, color="0.5", lw=0.7, ls=":")
+    low = float(df[y].min())
+    if low > 0.3:  # scores near chance: start the axis a little below the lowest bar so differences are visible
+        ax.set_ylim(bottom=float(np.floor((low - 0.05) * 20) / 20))
     ax.set_title(title, fontsize=9)
     ax.set_ylabel(ylabel or y)
     ax.set_xlabel("")
