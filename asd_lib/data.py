@@ -23,7 +23,7 @@ import pandas as pd
 
 __all__ = [
     "DEV_MACHINES", "ADD_MACHINES", "ALL_MACHINES", "ClipName", "parse_name", "scan", "class_name",
-    "class_labels", "load_clip", "MANIFEST_COLUMNS",
+    "class_labels", "load_clip", "NonFiniteAudioError", "MANIFEST_COLUMNS",
 ]
 
 DEV_MACHINES: tuple[str, ...] = ("ToyCar", "ToyCarEmu", "bearingEmu", "fan", "gearboxEmu", "sliderEmu", "valveEmu")
@@ -260,6 +260,10 @@ def scan(root: str | Path, ground_truth: str | Path | None = None) -> pd.DataFra
 
 
 # ------------------------------------------------------------------------------------------------ audio
+class NonFiniteAudioError(ValueError):
+    """A WAV (float format) holds NaN or infinite samples."""
+
+
 def wav_truncation(path: Path) -> tuple[int, int] | None:
     """(declared, present) data bytes when a RIFF/WAVE file holds less audio than its header says, else None.
 
@@ -328,6 +332,10 @@ def load_clip(
             "Pass channels=(0,) to read a mono file, or use the two-channel DCASE 2026 data."
         )
     x = np.ascontiguousarray(data[:, list(chans)].T)
+    if not np.isfinite(x).all():
+        bad_at = int(np.argmax(~np.isfinite(x).all(axis=0)))
+        raise NonFiniteAudioError(f"non-finite samples (NaN or inf) in {path}, first at sample {bad_at} "
+                         f"({bad_at / sr:.3f} s). Re-export or regenerate the file; it would train or score as garbage.")
     if sr != sample_rate:
         import torch
         import torchaudio.functional as AF

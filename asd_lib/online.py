@@ -349,7 +349,7 @@ class OnlineSystem:
         """Load the scored channel(s) of a WAV as float32 (C, T) at 16 kHz, the way ``embed_paths`` does; notes."""
         import soundfile as sf
 
-        from asd_lib.data import load_clip, wav_truncation
+        from asd_lib.data import NonFiniteAudioError, load_clip, wav_truncation
 
         p = Path(path)
         if not p.is_file():
@@ -379,6 +379,8 @@ class OnlineSystem:
             warnings.simplefilter("always")
             try:
                 wave = load_clip(p, channels=chans, sample_rate=SAMPLE_RATE)
+            except NonFiniteAudioError as err:
+                raise ClipError("nan", f"{err} The recording is corrupt; check the recorder.", str(p)) from None
             except ValueError as err:
                 kind = "truncated" if "truncated" in str(err) else "unreadable"
                 raise ClipError(kind, str(err), str(p)) from None

@@ -222,6 +222,18 @@ def test_load_clip_truncated_and_unreadable(tmp_path):
         load_clip(tmp_path / "nothing.wav")
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_load_clip_refuses_non_finite_samples(tmp_path, bad):
+    x = np.zeros((1600, 2), np.float32)
+    x[1234, 1] = bad  # a float WAV can hold NaN or inf; one sample must not train or score silently
+    p = tmp_path / "nan.wav"
+    sf.write(str(p), x, 16000, subtype="FLOAT")
+    with pytest.raises(ValueError, match="non-finite") as e:
+        load_clip(p)
+    assert "nan.wav" in str(e.value) and "sample 1234" in str(e.value)
+    assert load_clip(p, channels=(0,)).shape == (1, 1600)  # the clean channel alone is fine
+
+
 def test_load_clip_resamples_with_warning(tmp_path):
     p = _wav(tmp_path / "hi.wav", n=4410, sr=44100)
     with warnings.catch_warnings(record=True) as w:
