@@ -34,3 +34,13 @@ def test_import_asd_lib_does_not_import_torch():
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     assert "make test" in (ROOT / "README.md").read_text()
+
+
+def test_console_scripts_exist_and_answer_help():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"asd-synth", "asd-pretrain", "asd-run", "asd-evaluate", "asd-score"} <= set(scripts)
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        code = f"import sys; sys.argv = ['{name}', '--help']; from {module} import {func}; {func}()"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+        assert out.returncode == 0 and "usage" in out.stdout.lower(), (name, out.stderr[-500:])
