@@ -143,7 +143,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path = "checkpoints", work_dir:
     state_path, log_path = work / "state.pt", work / "log.csv"
     step, wall, rows = 0, 0.0, []
     if state_path.exists():
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
         if st["config"] != asdict(cfg):
             raise RuntimeError(f"{state_path} belongs to another run ({st['config']}); delete {work} to start again")
         model.load_state_dict(st["model"])
