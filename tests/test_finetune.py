@@ -298,3 +298,18 @@ def test_select_on_test_is_opt_in_and_labelled_leaky(dev_manifest, tmp_path):
     sel = json.loads((leaky / "selected_on_test_LEAKY.json").read_text())
     assert sel["epoch"] == 1 + int(np.argmax(scores)) and "leak" in sel["warning"]
     assert (leaky / f"epoch_{sel['epoch']:03d}.pt").exists() and (leaky / "epoch_002.pt").exists()
+
+
+def test_cli_explains_every_option_and_refuses_a_bad_path_without_a_traceback(tmp_path, capsys):
+    from asd_lib.finetune import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    options = [ln.split()[0] for ln in text.splitlines() if ln.startswith("  --")]
+    assert len(options) >= 30
+    blocks = text.split("\n  --")[1:]
+    assert all(len(b.split(None, 1)) == 2 and len(b.split()) > 2 for b in blocks), "an option without help text"
+    assert main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nowhere" in err and "Traceback" not in err
