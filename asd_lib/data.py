@@ -335,7 +335,8 @@ def load_clip(
     if not np.isfinite(x).all():
         bad_at = int(np.argmax(~np.isfinite(x).all(axis=0)))
         raise NonFiniteAudioError(f"non-finite samples (NaN or inf) in {path}, first at sample {bad_at} "
-                         f"({bad_at / sr:.3f} s). Re-export or regenerate the file; it would train or score as garbage.")
+                                  f"({bad_at / sr:.3f} s). Re-export or regenerate the file; it would train or "
+                                  "score as garbage.")
     if sr != sample_rate:
         import torch
         import torchaudio.functional as AF

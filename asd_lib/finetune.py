@@ -53,7 +53,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from asd_lib.fsutil import atomic_write_text
+from asd_lib.fsutil import atomic_torch_save, atomic_write_text
 
 __all__ = [
     "ArcFaceHead",
@@ -305,12 +305,6 @@ class FinetuneConfig:
 
 
 # ------------------------------------------------------------------------------------- small utils
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -665,7 +659,7 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
             if enc_cfg is not None:
                 enc_cfg.update(in_effect)
         os.replace(tmp, final)
-        _atomic_torch_save({"kind": head, "dim": int(encoder.embed_dim), "classes": classes,
+        atomic_torch_save({"kind": head, "dim": int(encoder.embed_dim), "classes": classes,
                             "kwargs": head_kwargs, "state": model.head.state_dict()},
                            ckpt_dir / f"epoch_{epoch:03d}.head.pt")
 
@@ -795,7 +789,7 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
         per_rank_state = _gather_objects((_rng_state(), list(epoch_sums)))
         if rank != 0:
             return
-        _atomic_torch_save({"training": cfg.training_fields(), "classes": classes, "epochs": epochs,
+        atomic_torch_save({"training": cfg.training_fields(), "classes": classes, "epochs": epochs,
                             "encoder": model.encoder.state_dict(), "head": model.head.state_dict(),
                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                             "epoch": epoch, "micro": micro, "global_step": global_step,

@@ -50,7 +50,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from asd_lib.fsutil import replace_dir
+from asd_lib.fsutil import file_sha256, replace_dir
 
 __all__ = [
     "FORMAT_VERSION",
@@ -111,14 +111,6 @@ class ModelSpec:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _classes_digest(classes: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(classes)).encode()).hexdigest()
 
@@ -599,7 +591,7 @@ class OnlineSystem:
             files = {}
             for f in sorted(tmp.rglob("*")):
                 if f.is_file():
-                    files[f.relative_to(tmp).as_posix()] = {"sha256": _sha256(f), "bytes": f.stat().st_size}
+                    files[f.relative_to(tmp).as_posix()] = {"sha256": file_sha256(f), "bytes": f.stat().st_size}
             manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
                         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                         "system": self.params.get("system", ""), "regime": self.params.get("regime", ""),
@@ -669,7 +661,7 @@ def load_system(system_dir: str | Path, expected_classes: Any = None, device: st
         f = root / rel
         if not f.is_file():
             problems.append(f"missing file {rel}")
-        elif _sha256(f) != meta.get("sha256"):
+        elif file_sha256(f) != meta.get("sha256"):
             problems.append(f"hash mismatch for {rel} (changed or damaged since export)")
     for need in ("system.json", "calibration.json", "classes.json", "params.json"):
         if need not in manifest.get("files", {}):

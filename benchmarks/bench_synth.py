@@ -34,6 +34,7 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 from sklearn.neighbors import NearestNeighbors  # noqa: E402
 
 from asd_lib.data import DEV_MACHINES, load_clip, scan  # noqa: E402
+from asd_lib.metrics import official_score  # noqa: E402
 from asd_lib.synth import generate  # noqa: E402
 
 
@@ -91,7 +92,7 @@ def difficulty(root: Path, channels: tuple[int, ...] = (0, 1), forms: tuple[str,
 def dev_score(df: pd.DataFrame) -> float:
     """Official score over the 7 dev machines (21 numbers) of one detector's rows."""
     dev = df[df.machine.isin(DEV_MACHINES)]
-    return float(hmean(np.maximum(dev[["auc_s", "auc_t", "pauc"]].to_numpy().ravel(), 1e-12)))
+    return official_score(dev.auc_s, dev.auc_t, dev.pauc)
 
 
 def baseline_scores(root: Path, epochs: int, seed: int) -> dict:

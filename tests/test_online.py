@@ -23,6 +23,7 @@ torch = pytest.importorskip("torch")
 sf = pytest.importorskip("soundfile")
 
 from asd_lib import online  # noqa: E402
+from asd_lib.fsutil import file_sha256  # noqa: E402
 from asd_lib.online import ClipError, ExportError, SystemLoadError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +127,7 @@ def test_export_contents_and_manifest(demo, system):
     assert {f"scorers/{m}/{mc}/{s}.joblib" for m in MODELS for mc in MACHINES for s in SCORERS} <= files
     assert {"system.json", "params.json", "classes.json", "calibration.json"} <= files
     for rel, meta in man["files"].items():
-        assert online._sha256(d / rel) == meta["sha256"]
+        assert file_sha256(d / rel) == meta["sha256"]
     # the backbones are byte copies of the fine-tuning checkpoints (official format)
     assert (d / "backbones/beats@2.pt").read_bytes() == demo["lay"].checkpoint("beats@2").read_bytes()
     calib = json.loads((d / "calibration.json").read_text())

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..fsutil import atomic_torch_save
 from .base import CheckpointFormatError, Encoder, UnsupportedConfigError, construct, load_strict
 from .beats import BEATS_DEFAULTS, BEATsEncoder, check_shared_bias, validate_beats_cfg
 from .eat import EAT_DEFAULTS, EATEncoder, validate_eat_cfg
@@ -249,19 +250,6 @@ def load_checkpoint(path: str | Path, recipe: str | None = None, allow_pickle: b
 
 
 # ------------------------------------------------------------------------------------------------ saving
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _fairseq_model_cfg(enc: EATEncoder) -> dict[str, Any]:
     """A data2vec_multi model cfg describing this encoder (based on the loaded one when there is one)."""
     c = enc.cfg
@@ -294,7 +282,7 @@ def save_encoder(enc: Encoder, path: str | Path, format: str | None = None) -> P
                                                                 for k, v in enc.official_state_dict().items()}}
         if "label_dict" in enc.extra:
             obj["label_dict"] = enc.extra["label_dict"]
-        _atomic_torch_save(obj, path)
+        atomic_torch_save(obj, path)
         return path
     if not isinstance(enc, EATEncoder):
         raise TypeError(f"cannot save a {type(enc).__name__}")
@@ -336,7 +324,7 @@ def save_encoder(enc: Encoder, path: str | Path, format: str | None = None) -> P
            "optimizer_history": [{"criterion_name": "ModelCriterion", "optimizer_name": "asd_lib",
                                   "lr_scheduler_state": {}, "num_updates": 0}],
            "task_state": {}, "extra_state": {}}
-    _atomic_torch_save(obj, path)
+    atomic_torch_save(obj, path)
     return path
 
 

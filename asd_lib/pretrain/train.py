@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from asd_lib.fsutil import atomic_write_text
+from asd_lib.fsutil import atomic_torch_save, atomic_write_text, file_sha256
 
 ENCODERS = {"beats": ("beats-tiny", "beats", "beats_kit.pt"), "sslam": ("sslam-tiny", "eat", "sslam_kit.pt")}
 
@@ -85,15 +86,6 @@ def corpus(cfg: PretrainConfig, work_dir: Path, jobs: int = 1, progress: bool = 
     return np.load(path, mmap_mode="r")
 
 
-def _sha256(path: Path) -> str:
-    """sha256 of a file, or of every file of a folder in name order."""
-    h = hashlib.sha256()
-    for p in sorted(path.rglob("*")) if path.is_dir() else [path]:
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
 def _git_commit() -> str:
     """The repository's HEAD commit (with '+dirty' when the work tree has changes), or '' outside git."""
     import subprocess
@@ -152,10 +144,8 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path = "checkpoints", work_dir:
         step, wall, rows = st["step"], st["wall"], st["log"]
 
     def save_state() -> None:
-        tmp = state_path.with_suffix(".tmp")
-        torch.save({"config": asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "step": step, "wall": wall, "log": rows}, tmp)
-        os.replace(tmp, state_path)
+        atomic_torch_save({"config": asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                           "scheduler": sched.state_dict(), "step": step, "wall": wall, "log": rows}, state_path)
         write_log(rows, log_path)
 
     model.train()
@@ -190,7 +180,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path = "checkpoints", work_dir:
     path = model.encoder.save(out_dir / file_name)
     window = max(1, min(100, step // 10))  # loss averages over the first and the last `window` steps
     head, tail = rows[:window], rows[-window:]
-    entry = {"file": file_name, "sha256": _sha256(path), "weights_sha256": weights_sha256(model.encoder),
+    entry = {"file": file_name, "sha256": file_sha256(path), "weights_sha256": weights_sha256(model.encoder),
              "bytes": path.stat().st_size, "encoder": cfg.encoder,
              "shape": cfg.shape or ENCODERS[cfg.encoder][0], "config": asdict(cfg), "threads": threads,
              "command": command or f"python -m asd_lib.pretrain --encoder {cfg.encoder}",
@@ -208,12 +198,11 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path = "checkpoints", work_dir:
 def write_log(rows: list[dict[str, Any]], path: Path) -> None:
     """The per-step log rows as CSV (atomically)."""
     if rows:
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, path)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(path, buf.getvalue())
 
 
 def write_manifest_entry(path: Path, entry: dict[str, Any]) -> None:
@@ -227,7 +216,7 @@ def verify_manifest(folder: str | Path = "checkpoints") -> dict[str, bool]:
     """File name -> whether its sha256 matches the manifest."""
     folder = Path(folder)
     manifest = json.loads((folder / "manifest.json").read_text())
-    return {name: (folder / name).exists() and _sha256(folder / name) == e["sha256"]
+    return {name: (folder / name).exists() and file_sha256(folder / name) == e["sha256"]
             for name, e in manifest["checkpoints"].items()}
 
 

@@ -104,8 +104,7 @@ def render(rng: np.random.Generator, dry: np.ndarray, sr: int, cond: dict, level
     hum = dsp.harmonics(rng, np.arange(n) * (cond["hum"] / sr), [1.0, 0.5, 0.3])
     other = dsp.harmonics(rng, dsp.phase(rng, n, sr, cond["other_f0"], 0.01), [0.5, 1.0, 0.4, 0.6, 0.2, 0.3])
     ev = _events(rng, n, sr, cond["event_rate"])
-    base = [z / (np.sqrt(np.mean(z * z)) + 1e-12) + cond.get("hum_level", 0.3) * hum + cond.get("other_level", 0.3) * other
-            for z in nz]
+    base = [z / (np.sqrt(np.mean(z * z)) + 1e-12) + cond["hum_level"] * hum + cond["other_level"] * other for z in nz]
     far_rms = np.sqrt(np.mean(far * far)) + 1e-12
     noise_far = level * 0.35 / cond["dist"] * 2.0 * dsp.db(-cond["snr_far"])  # absolute, not per-clip normalised
     noise_far = max(noise_far, 0.0)
