@@ -53,6 +53,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from asd_lib.embed import POOLINGS, pool_tokens
 from asd_lib.fsutil import atomic_torch_save, atomic_write_text
 
 __all__ = [
@@ -497,14 +498,10 @@ class _Classifier(nn.Module):
         self.pooling, self.backbone_grad = pooling, backbone_grad
 
     def embed(self, fbank: torch.Tensor) -> torch.Tensor:
-        """Pooled training embedding (B, D)."""
+        """Pooled training embedding (B, D): ``embed.pool_tokens`` (mean, the authors' GeM, or the EAT CLS token)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.backbone_grad):
             tokens = self.encoder.forward_fbank(fbank)
-        if self.pooling == "mean":
-            return tokens.mean(dim=1)
-        if self.pooling == "cls":
-            return tokens[:, 0]
-        raise ValueError(f"train_pooling must be 'mean' or 'cls', got {self.pooling!r}")
+        return pool_tokens(tokens, self.pooling, self.encoder.kind)
 
     def forward(self, fbank: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (logits, cosines/logits without margin), computed in float32."""
@@ -533,7 +530,7 @@ def _sample_table(train_rows, classes: list[str], cfg: FinetuneConfig):
     return clips, np.asarray(samples, dtype=np.int64).reshape(-1, 3)
 
 
-def _wave_noise(wave: np.ndarray, rng: np.random.Generator, std: float, snr_db: Sequence[float] | None,
+def add_wave_noise(wave: np.ndarray, rng: np.random.Generator, std: float, snr_db: Sequence[float] | None,
                 prob: float) -> np.ndarray:
     """Gaussian noise on one waveform (T,): fixed ``std``, or at an SNR drawn uniformly from ``snr_db`` (dB, relative
     to the clip's power), applied with probability ``prob``. Draws come from the sample's own generator."""
@@ -622,6 +619,9 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
     torch.manual_seed(seed)
     sw = {"dropout": dropout, "layerdrop": layerdrop, "grad_decay": grad_decay}
     encoder, cfg_original = _load_encoder(backbone, recipe, backbone_overrides, sw)
+    if train_pooling not in POOLINGS or (train_pooling == "cls" and encoder.kind != "eat"):
+        raise ValueError(f"train_pooling {train_pooling!r} does not fit this {encoder.kind} encoder: use 'mean' "
+                         "(the authors'), 'gem', or 'cls' with an EAT/SSLAM encoder (BEATs has no CLS token)")
     cfg.backbone_id = backbone_id or _default_backbone_id(backbone, encoder)
     switches = switch_report(encoder, **sw)
     trained = apply_trainable(encoder, trainable, top_k)
@@ -677,7 +677,7 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
         return ckpt_dir
 
     # ---- features
-    wave_noise = noise_std > 0 or bool(noise_snr_db)
+    wave_noise = noise_std > 0 or (bool(noise_snr_db) and noise_prob > 0)
     use_cache = cache_fbank and not wave_noise
     fb_cache = None
     if use_cache:
@@ -709,7 +709,7 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
             waves = np.stack([_load_channels(clips[ci].path, (cfg.train_channels[pos],), n_samples_wave)[0]
                               for ci, pos, _ in samples[list(sample_ids)]])
             if wave_noise:
-                waves = np.stack([_wave_noise(w, r, noise_std, noise_snr_db, noise_prob)
+                waves = np.stack([add_wave_noise(w, r, noise_std, noise_snr_db, noise_prob)
                                   for w, r in zip(waves, rngs)])
             with torch.no_grad():
                 fbs = list(encoder.preprocess(torch.from_numpy(waves.astype(np.float32)).to(dev)).float().cpu())

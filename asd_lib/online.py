@@ -51,6 +51,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from asd_lib.fsutil import file_sha256, replace_dir
+from asd_lib.scorers import scorer_params_from
 
 __all__ = [
     "FORMAT_VERSION",
@@ -64,7 +65,6 @@ __all__ = [
     "load_system",
     "machine_from_path",
     "batch_online_scores",
-    "scorer_params_from",
     "fusion_args_from",
 ]
 
@@ -206,22 +206,6 @@ def _resolve_params(params: Any) -> dict[str, Any]:
             return dict(obj.get("values", obj))
         return dict(P.read_yaml(path))
     raise ExportError(f"params must be a Params, a mapping, a file or a system name, got {type(params).__name__}")
-
-
-def scorer_params_from(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per-scorer estimator arguments from the flat params (knn_k, gmm_components, ae_*, ldn_*)."""
-    out: dict[str, dict[str, Any]] = {
-        "knn": {"n_neighbors": int(params.get("knn_k", 6))},
-        "gmm": {"n_components": int(params.get("gmm_components", 6))},
-        "ae": {"bottleneck": int(params.get("ae_bottleneck", 32)), "max_epochs": int(params.get("ae_epochs", 50)),
-               "patience": int(params.get("ae_patience", 5)), "lr": float(params.get("ae_lr", 1e-3)),
-               "batch_size": int(params.get("ae_batch_size", 64))},
-    }
-    if params.get("ldn_variant", "aau-gwrp") == "aau-gwrp":
-        out["ldn"] = {"variant": "aau-gwrp", "r": float(params.get("ldn_r", 0.98))}
-    else:
-        out["ldn"] = {"variant": params.get("ldn_variant"), "n_neighbors": int(params.get("ldn_k", 1))}
-    return out
 
 
 def fusion_args_from(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -86,7 +86,7 @@ def save_fig(fig_id: str, fig=None, tight: bool = True, formats: Sequence[str] =
     fig = fig or plt.gcf()
     out_dir = figures_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
-    if tight:
+    if tight and fig.get_layout_engine() is None:  # a figure made with layout='constrained' keeps its own
         fig.tight_layout()
     paths = []
     for fmt in formats:

@@ -4,9 +4,11 @@ Each system is the ordered notebooks under ``notebooks/`` executed with the merg
 ``params/base.yaml`` + ``params/<system>.yaml`` + the overlays given with ``--params`` (see ``asd_lib.params``).
 Stages shared by the online and offline systems of one data regime (data, fine-tuning, embeddings, raw scores)
 run once per regime under ``results/<regime>/``; normalisation, fusion and submission run per system under
-``results/<system>/`` (DESIGN.md, "Stages shared between systems"). A stage whose injected parameters, notebook
-source and upstream stages are unchanged is reused; ``--force`` reruns it. The README ("Running the systems")
-introduces this module.
+``results/<system>/`` (DESIGN.md, "Stages shared between systems"). A stage is reused when nothing it depends on
+changed: its injected parameters, its notebook's source, the library modules it loads (``provenance.code_digest``),
+its upstream stages, and the files under ``data_root`` when it declares that parameter (``provenance.data_digest``).
+The runner says why each stage runs; ``--force`` reruns it. ``--only`` refuses to run over an earlier stage that is
+missing or out of date. The README ("Running the systems") introduces this module.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from asd_lib import params as P
+from asd_lib import provenance
 from asd_lib.fsutil import atomic_write_text as atomic_write
 
 ROOT = P.ROOT
@@ -126,10 +129,20 @@ def select(only: Sequence[str] | None) -> list[str]:
     return chosen
 
 
+def _notebook_code(path: Path) -> str:
+    nb = json.loads(path.read_text())
+    return "\n".join(("".join(c["source"]) if isinstance(c["source"], list) else c["source"])
+                     for c in nb["cells"] if c["cell_type"] == "code")
+
+
 def _source_digest(path: Path) -> str:
     nb = json.loads(path.read_text())
     return P.digest([("".join(c["source"]) if isinstance(c["source"], list) else c["source"])
                      for c in nb["cells"]])
+
+
+class StageOutOfDate(RuntimeError):
+    """``--only`` would run over an earlier stage that is missing or stale."""
 
 
 def _stage_dir(results_dir: Path, scope: str, system: str, regime: str) -> tuple[Path, str]:
@@ -203,39 +216,72 @@ class Runner:
     declared: dict[str, dict[str, Any]] = field(default_factory=dict)
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # dry run: stages that would have run
 
+    def _parts(self, name: str, params: P.Params, upstream: list[str]) -> dict[str, Any]:
+        """What a stage's result depends on, each part digested (the record keeps them to say what changed)."""
+        src = notebook_path(name)
+        injected = P.inject(params, self.declared[src.name])
+        return {"params": P.digest(injected), "source": _source_digest(src),
+                "library": provenance.code_digest(_notebook_code(src)), "upstream": P.digest(upstream)}
+
+    def _where(self, name: str, scope: str, params: P.Params) -> tuple[Path, Path, str]:
+        folder, label = _stage_dir(ROOT / params["results_dir"], scope, params.get("system", ""),
+                                   params.get("regime", ""))
+        return folder / f"{name}.ipynb", folder / f"{name}.done.json", label
+
+    def why_stale(self, name: str, scope: str, params: P.Params, upstream: list[str]) -> str | None:
+        """None when the stage's finished result is current; else the reason it must run."""
+        out, marker, _ = self._where(name, scope, params)
+        record = self.pending.get(str(marker)) or _read_record(marker)
+        if not record or not (out.is_file() or self.dry_run):
+            return "no finished run"
+        parts = self._parts(name, params, upstream)
+        old = record.get("parts") or {}
+        if old.get("params") != parts["params"]:
+            return "parameters changed"
+        if old.get("source") != parts["source"]:
+            return "notebook changed"
+        if old.get("library") != parts["library"]:
+            before = old.get("library") or {}
+            changed = sorted(m for m in set(before) | set(parts["library"])
+                             if before.get(m) != parts["library"].get(m))
+            return "library changed: " + ", ".join(changed)
+        if old.get("upstream") != parts["upstream"]:
+            return "an earlier stage ran again"
+        if "data_root" in self.declared[f"{name}.ipynb"] and "data" in record and \
+                record["data"] != provenance.data_digest(ROOT / params["data_root"]):
+            return f"data changed under {params['data_root']}"
+        return None
+
     def stage(self, name: str, scope: str, params: P.Params, upstream: list[str]) -> dict[str, Any]:
         """Run (or reuse) one notebook; return its record (``finished`` feeds the next stage's key)."""
-        results_dir = ROOT / params["results_dir"]
-        folder, label = _stage_dir(results_dir, scope, params.get("system", ""), params.get("regime", ""))
-        src = notebook_path(name)
-        out = folder / f"{name}.ipynb"
-        marker = folder / f"{name}.done.json"
-        injected = P.inject(params, self.declared[src.name])
-        key = P.digest({"params": injected, "source": _source_digest(src), "upstream": upstream})
-        where = label
-        record = self.pending.get(str(marker)) or _read_record(marker)
-        if record and record.get("key") == key and (out.is_file() or self.dry_run) and not self.force:
-            self.log.results.append(StageResult(name, where, "reused", 0.0, _rel(out)))
+        out, marker, label = self._where(name, scope, params)
+        injected = P.inject(params, self.declared[f"{name}.ipynb"])
+        reason = "--force" if self.force else self.why_stale(name, scope, params, upstream)
+        if reason is None:
+            self.log.results.append(StageResult(name, label, "reused", 0.0, _rel(out)))
             print(f"[{label}] {name}: reused ({_rel(out)})", flush=True)
-            return record
+            return self.pending.get(str(marker)) or _read_record(marker)
+        parts = self._parts(name, params, upstream)
         if self.dry_run:
-            self.log.results.append(StageResult(name, where, "would run", 0.0, _rel(out)))
-            print(f"[{label}] {name}: would run with {json.dumps(injected)}", flush=True)
-            self.pending[str(marker)] = {"key": key, "finished": f"pending-{key}"}
+            self.log.results.append(StageResult(name, label, "would run", 0.0, _rel(out)))
+            print(f"[{label}] {name}: would run ({reason}) with {json.dumps(injected)}", flush=True)
+            self.pending[str(marker)] = {"parts": parts, "finished": f"pending-{P.digest(parts)}"}
             return self.pending[str(marker)]
         marker.unlink(missing_ok=True)
-        print(f"[{label}] {name}: running ...", flush=True)
+        print(f"[{label}] {name}: running ({reason}) ...", flush=True)
         t0 = time.perf_counter()
         try:
-            execute(src, out, injected, self.log_output)
+            execute(notebook_path(name), out, injected, self.log_output)
         except StageFailed:
-            self.log.results.append(StageResult(name, where, "failed", time.perf_counter() - t0, _rel(out)))
+            self.log.results.append(StageResult(name, label, "failed", time.perf_counter() - t0, _rel(out)))
             raise
         seconds = time.perf_counter() - t0
-        record = {"key": key, "seconds": round(seconds, 2), "params": injected,
+        record = {"parts": parts, "seconds": round(seconds, 2), "params": injected,
                   "finished": datetime.now(timezone.utc).isoformat(timespec="microseconds")}
+        if "data_root" in injected:  # after the run: a stage may have generated the data
+            record["data"] = provenance.data_digest(ROOT / params["data_root"])
         atomic_write(marker, json.dumps(record, indent=1))
-        self.log.results.append(StageResult(name, where, "ran", seconds, _rel(out)))
+        self.log.results.append(StageResult(name, label, "ran", seconds, _rel(out)))
         print(f"[{label}] {name}: done in {seconds:.1f} s", flush=True)
         return record
 
@@ -249,23 +295,31 @@ def seed_params(params: P.Params, k: int) -> P.Params:
 
 
 def run_system(runner: Runner, params: P.Params, names: list[str]) -> None:
-    """Run the regime, system and shared stages of one system (one seed)."""
+    """Run the regime, system and shared stages of one system (one seed).
+
+    A stage left out by ``--only`` is chained on its existing record, so later stages see whether it changed. When
+    a selected stage comes after it, it must be finished and current, or the run stops before that stage.
+    """
     results_dir = ROOT / params["results_dir"]
-    sysdir = results_dir / params["system"]
     if not runner.dry_run:
-        atomic_write(sysdir / "params.json", params.to_json())
+        atomic_write(results_dir / params["system"] / "params.json", params.to_json())
+    chain = [(n, s) for n, s in NOTEBOOKS if s != "report"]
+    last = max((i for i, (n, _) in enumerate(chain) if n in names), default=-1)
     upstream: list[str] = []
-    for name, scope in NOTEBOOKS:
-        if scope == "report":
+    for i, (name, scope) in enumerate(chain):
+        if name in names:
+            rec = runner.stage(name, scope, params, [] if scope == "shared" else upstream)
+        elif scope == "shared":
             continue
-        if name not in names:
-            # not selected: chain on its existing record so later stages see whether it changed
-            folder, _ = _stage_dir(results_dir, scope, params["system"], params["regime"])
-            rec = _read_record(folder / f"{name}.done.json")
-            if scope != "shared":
-                upstream = [rec["finished"]] if rec else upstream
-            continue
-        rec = runner.stage(name, scope, params, [] if scope == "shared" else upstream)
+        else:
+            reason = runner.why_stale(name, scope, params, upstream) if i < last else None
+            if reason is not None:
+                raise StageOutOfDate(
+                    f"{name} ({params['system']}) is not current ({reason}), and a stage that --only selected reads "
+                    f"its results: run it first (add {name.split('_')[0]} to --only) or run without --only")
+            rec = _read_record(runner._where(name, scope, params)[1])
+            if rec is None:
+                continue
         if scope != "shared":
             upstream = [rec["finished"]]
 
@@ -350,6 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StageFailed as exc:
         print(f"\nFAILED: {exc}", file=sys.stderr)
         status = 1
+    except StageOutOfDate as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        status = 2
     except (P.ParamsError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         status = 2

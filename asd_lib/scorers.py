@@ -12,8 +12,9 @@ REFERENCE.md section 6: the paper's authors' code (AAU) and the LDN reference (W
 - ``LDNScorer``: local-density-normalised nearest-neighbour distance (reference K-NN / GWRP density, ratio or
   difference) and the authors' un-normalised GWRP (``variant='aau-gwrp'``).
 - ``AAUPreprocess``: the authors' quantile transform + thresholding, a transformer for ``make_pipeline``.
-- ``calibration_scores``: scores of TRAINING clips that were not used to fit the scorer that scored them
-  (leave-one-out for KNN and LDN, a held-out split for GMM and AE), for online normalisation and thresholds.
+- ``calibration_scores``: scores of TRAINING clips that were not used to fit the scorer that scored them (the
+  authors' held-out split, 195 source + 5 target of 1,000, for every scorer; leave-one-out for KNN and LDN as an
+  option), for online normalisation and thresholds.
 - ``score_embeddings``: reads the embedding cache and writes ``scores/<model>/<channel>/<scorer>/<machine>.npz``.
 
 GWRP truncation (error bound). A GWRP density sums r^(i-1) d_(i) over ALL other training points, nearest first.
@@ -55,6 +56,7 @@ __all__ = [
     "gwrp_truncation",
     "holdout_split",
     "calibration_scores",
+    "scorer_params_from",
     "make_scorer",
     "score_embeddings",
     "score_path",
@@ -773,20 +775,18 @@ def holdout_split(domains: Any, n: int | None = None, seed: int = 0, names: Sequ
     return fit, held
 
 
-def calibration_scores(scorer: BaseEstimator, X, domains=None, *, method: str = "auto", seed: int = 0,
+def calibration_scores(scorer: BaseEstimator, X, domains=None, *, method: str = "holdout", seed: int = 0,
                        names: Sequence[str] | None = None, fitted: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(scores, train_index): calibration scores of training clips that the scoring model did not see.
 
-    method 'loo' (default for KNN/LDN, also inside a pipeline): fit on all clips, score each clip with itself left
-    out of the neighbour search (the preprocessing, if any, was fitted with it). 'holdout' (default for GMM/AE):
-    fit a clone on the clips ``holdout_split`` keeps, score the held-out ones. ``fitted=True`` reuses an already
-    fitted scorer for 'loo'. Returns the scores and the row indices of X they belong to.
+    method 'holdout' (the default, the authors' method for every scorer): fit a clone on the clips
+    ``holdout_split`` keeps, score the held-out ones. 'loo' (KNN and LDN only, also inside a pipeline): fit on all
+    clips, score each clip with itself left out of the neighbour search (the preprocessing, if any, was fitted with
+    it); ``fitted=True`` reuses an already fitted scorer. Returns the scores and the row indices of X they belong to.
     """
     X = _check_2d(X, "calibration_scores")
     d = _domain_array(domains, len(X), "calibration_scores")
     final = _final(scorer)
-    if method == "auto":
-        method = "loo" if hasattr(final, "loo_decision_function") else "holdout"
     if method == "loo":
         if not hasattr(final, "loo_decision_function"):
             raise ValueError(f"calibration_scores: {type(final).__name__} has no leave-one-out form; use 'holdout'")
@@ -797,34 +797,58 @@ def calibration_scores(scorer: BaseEstimator, X, domains=None, *, method: str = 
         fit_idx, held = holdout_split(d, len(X), seed=seed, names=names)
         est = _fit(clone(scorer), X[fit_idx], None if d is None else d[fit_idx])
         return est.decision_function(X[held]), held
-    raise ValueError(f"calibration_scores: method must be 'auto', 'loo' or 'holdout', got {method!r}")
+    raise ValueError(f"calibration_scores: method must be 'holdout' or 'loo', got {method!r}")
 
 
 # --------------------------------------------------------------------------------------------------------------
 # the score cache
 # --------------------------------------------------------------------------------------------------------------
+SCORER_SEED = 42  # the authors' random_state for their GMM and AE (testvectors/ldn/README): run seed 0 is their run
+
+
 def make_scorer(scorer_id: str, preprocess: str = "aau", seed: int = 0, device: str = "cpu",
                 **params: Any) -> BaseEstimator:
     """The kit's default estimator for a scorer id ('knn', 'gmm', 'ae', 'ldn'), optionally behind AAUPreprocess.
 
     Defaults follow the authors (DESIGN defaults): KNN k=6 'max', GMM 6 diag, AE as REFERENCE section 6, LDN =
     their un-normalised GWRP (r 0.98) on RAW embeddings (the preprocessing is never applied to LDN, as they did).
+    ``seed`` is the run's seed: the random states are ``SCORER_SEED + seed``, so seed 0 gives the authors' 42.
     """
+    rs = SCORER_SEED + seed
     if scorer_id == "knn":
         est: BaseEstimator = KNNScorer(**params)
     elif scorer_id == "gmm":
-        est = GMMScorer(**{"random_state": seed, **params})
+        est = GMMScorer(**{"random_state": rs, **params})
     elif scorer_id == "ae":
-        est = AEScorer(**{"seed": seed, "device": device, **params})
+        est = AEScorer(**{"seed": rs, "device": device, **params})
     elif scorer_id == "ldn":
         return LDNScorer(**{"variant": "aau-gwrp", "r": 0.98, **params})
     else:
         raise ValueError(f"unknown scorer id {scorer_id!r}; expected one of {SCORER_IDS}")
     if preprocess == "aau":
-        return Pipeline([("pre", AAUPreprocess(random_state=seed)), (scorer_id, est)])
+        return Pipeline([("pre", AAUPreprocess(random_state=rs)), (scorer_id, est)])
     if preprocess in ("none", None):
         return est
     raise ValueError(f"preprocess must be 'aau' or 'none', got {preprocess!r}")
+
+
+def scorer_params_from(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per-scorer estimator arguments (for ``make_scorer`` / ``score_embeddings``) from the flat params of
+    ``params/base.yaml`` (knn_k, gmm_components, ae_*, ldn_*); a missing key takes the authors' value."""
+    out: dict[str, dict[str, Any]] = {
+        "knn": {"n_neighbors": int(params.get("knn_k", 6))},
+        "gmm": {"n_components": int(params.get("gmm_components", 6))},
+        "ae": {"bottleneck": int(params.get("ae_bottleneck", 32)), "max_epochs": int(params.get("ae_epochs", 50)),
+               "patience": int(params.get("ae_patience", 5)), "lr": float(params.get("ae_lr", 1e-3)),
+               "batch_size": int(params.get("ae_batch_size", 64))},
+    }
+    variant = params.get("ldn_variant", "aau-gwrp")
+    if variant == "aau-gwrp":
+        out["ldn"] = {"variant": "aau-gwrp", "r": float(params.get("ldn_r", 0.98))}
+    else:
+        out["ldn"] = {"variant": variant, "density": params.get("ldn_density", "knn"),
+                      "n_neighbors": int(params.get("ldn_k", 1)), "r": float(params.get("ldn_r", 0.98))}
+    return out
 
 
 def _load_emb(path: Path) -> dict[str, np.ndarray]:
@@ -864,6 +888,7 @@ def score_embeddings(
     device: str = "cpu",
     ae_batched: bool = True,
     scorer_params: Mapping[str, Mapping[str, Any]] | None = None,
+    calibration: str = "holdout",
     verbose: bool = False,
 ) -> list[Path]:
     """Fit every scorer per (model, machine) and write test + calibration scores; returns the files written.
@@ -871,7 +896,10 @@ def score_embeddings(
     Reads ``<emb_root>/<model>/<channel>/<machine>_{train,test}.npz`` (emb, names, labels, domains) and writes
     ``<score_root>/<model>/<channel>/<scorer>/<machine>.npz`` with keys ``test`` (n_test,), ``calib`` (n_calib,),
     ``names`` (test file names), plus ``calib_names`` (training names of the calibration clips) and ``calib_kind``
-    ('loo' or 'holdout'). Existing files are kept unless ``force``. With ``ae_batched`` all autoencoders (every
+    ('loo' or 'holdout'). ``calibration='holdout'`` (the authors' method, the default) scores the clips that
+    ``holdout_split`` holds out with a clone fitted on the rest, for every scorer; 'loo' instead scores every training
+    clip with itself left out of the neighbour search, for the scorers that have that form (KNN, LDN; GMM and AE
+    stay held-out). Existing files are kept unless ``force``. With ``ae_batched`` all autoencoders (every
     model, machine, calibration split and final fit) train as stacked batched models, which gives the same
     per-model recipe (see ``train_autoencoders``) at a fraction of the Python overhead.
     """
@@ -880,6 +908,8 @@ def score_embeddings(
         raise ValueError(f"score_embeddings: unknown scorers {sorted(unknown)}; choose from {SCORER_IDS}")
     if preprocess not in ("aau", "none", None):
         raise ValueError(f"score_embeddings: preprocess must be 'aau' or 'none', got {preprocess!r}")
+    if calibration not in ("holdout", "loo"):
+        raise ValueError(f"score_embeddings: calibration must be 'holdout' or 'loo', got {calibration!r}")
     scorer_params = dict(scorer_params or {})
     written: list[Path] = []
     ae_jobs: list[dict[str, Any]] = []
@@ -903,8 +933,8 @@ def score_embeddings(
             # make_pipeline(AAUPreprocess(), scorer), fitted on all clips (test + LOO) or on the kept split (held-out)
             views: dict[str, np.ndarray] = {}
             if preprocess == "aau" and set(todo) & {"knn", "gmm", "ae"}:
-                pre_all = AAUPreprocess(random_state=seed).fit(Xtr)
-                pre_fit = AAUPreprocess(random_state=seed).fit(Xtr[fit_idx])
+                pre_all = AAUPreprocess(random_state=SCORER_SEED + seed).fit(Xtr)
+                pre_fit = AAUPreprocess(random_state=SCORER_SEED + seed).fit(Xtr[fit_idx])
                 views = dict(train=pre_all.transform(Xtr), test=pre_all.transform(Xte),
                              fit=pre_fit.transform(Xtr[fit_idx]), held=pre_fit.transform(Xtr[held]))
             else:
@@ -921,7 +951,7 @@ def score_embeddings(
                     continue
                 est = _fit(est, v["train"], dom)
                 test = est.decision_function(v["test"])
-                if hasattr(est, "loo_decision_function"):
+                if calibration == "loo" and hasattr(est, "loo_decision_function"):
                     calib, cnames, kind = est.loo_decision_function(), tr_names, "loo"
                 else:
                     held_est = _fit(clone(est), v["fit"], None if dom is None else dom[fit_idx])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import json
 import math
 
 import numpy as np
@@ -236,13 +237,13 @@ def test_frozen_run_writes_the_pretrained_encoder(dev_manifest, tmp_path):
 
 
 def test_waveform_noise_snr():
-    from asd_lib.finetune import _wave_noise
+    from asd_lib.finetune import add_wave_noise
 
     wave = np.sin(np.linspace(0, 2000, 16000)).astype(np.float32)
-    noisy = _wave_noise(wave, np.random.default_rng(0), 0.0, (20.0, 20.0), 1.0)
+    noisy = add_wave_noise(wave, np.random.default_rng(0), 0.0, (20.0, 20.0), 1.0)
     snr = 10 * np.log10(np.mean(wave ** 2) / np.mean((noisy - wave) ** 2))
     assert abs(snr - 20.0) < 0.3 and noisy.dtype == np.float32
-    kept = [_wave_noise(wave, np.random.default_rng(s), 0.0, (15, 35), 0.3) is wave for s in range(200)]
+    kept = [add_wave_noise(wave, np.random.default_rng(s), 0.0, (15, 35), 0.3) is wave for s in range(200)]
     assert 0.6 < np.mean(kept) < 0.8  # applied with probability 0.3
 
 
@@ -313,3 +314,19 @@ def test_cli_explains_every_option_and_refuses_a_bad_path_without_a_traceback(tm
     assert main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "nowhere" in err and "Traceback" not in err
+
+
+def test_train_pooling_gem_trains_and_beats_cls_is_refused_before_any_work(dev_manifest, tmp_path):
+    with pytest.raises(ValueError, match="no CLS token"):
+        finetune(dev_manifest, "beats-tiny", tmp_path / "cls", train_pooling="cls", epochs=1, **_FAST)
+    assert not (tmp_path / "cls" / "fbank").exists()  # refused before the fbank cache was built
+    ckpt = finetune(dev_manifest, "beats-tiny", tmp_path / "gem", train_pooling="gem", machines=["fan"], epochs=1,
+                    **_FAST)
+    assert np.isfinite(float(_read_log(ckpt / "log.csv")[0]["loss"]))
+    assert json.loads((ckpt / "config.json").read_text())["config"]["train_pooling"] == "gem"
+
+
+def test_noise_prob_zero_keeps_the_fbank_cache(dev_manifest, tmp_path):
+    finetune(dev_manifest, "beats-tiny", tmp_path, machines=["fan"], epochs=1, noise_snr_db=(15.0, 35.0),
+             noise_prob=0.0, **_FAST)
+    assert list((tmp_path / "fbank").rglob("*.npy"))

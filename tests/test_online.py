@@ -51,7 +51,7 @@ def demo(tiny_data, tmp_path_factory):
     from asd_lib.embed import extract_embeddings
     from asd_lib.finetune import finetune
     from asd_lib.fusion import fuse_online
-    from asd_lib.scorers import score_embeddings
+    from asd_lib.scorers import score_embeddings, scorer_params_from
 
     warnings.filterwarnings("ignore", message="n_quantiles")
     base = tmp_path_factory.mktemp("online")
@@ -67,7 +67,7 @@ def demo(tiny_data, tmp_path_factory):
     for m in MODELS:
         extract_embeddings(man, lay.checkpoint(m), lay.embeddings, m, channel="ch0", pooling="gem",
                            recipe="aau" if m.startswith("sslam") else None, device="cpu", progress=False)
-    sp = online.scorer_params_from(vals)
+    sp = scorer_params_from(vals)
     for s in SCORERS:  # one call per scorer, as notebooks 03a-03d do
         score_embeddings(lay.embeddings, lay.scores, MODELS, channel="ch0", scorers=(s,), preprocess="aau", seed=0,
                          scorer_params={s: sp[s]})

@@ -172,6 +172,43 @@ def test_second_run_reuses_every_stage(smoke_run):
     assert stage_lines and len(reused) == len(stage_lines), out.stdout
 
 
+def test_a_library_edit_or_a_data_change_makes_the_stage_stale(smoke_run):
+    tmp, overlay, first, _ = smoke_run
+    assert first.returncode == 0
+    params = P.load("dev_offline", [SMOKE, overlay])
+    runner = run.Runner(declared=run.all_declared())
+    record = runner._where("04_normalise_and_fuse", "system", params)[1]
+    up = [json.loads(runner._where("03d_score_ldn", "regime", params)[1].read_text())["finished"]]
+    assert runner.why_stale("04_normalise_and_fuse", "system", params, up) is None
+    saved = record.read_text()
+    try:  # the record as if fusion.py had been different when the stage ran
+        rec = json.loads(saved)
+        assert "asd_lib.fusion" in rec["parts"]["library"] and "asd_lib.finetune" not in rec["parts"]["library"]
+        rec["parts"]["library"]["asd_lib.fusion"] = "0" * 64
+        record.write_text(json.dumps(rec))
+        assert runner.why_stale("04_normalise_and_fuse", "system", params, up) == "library changed: asd_lib.fusion"
+    finally:
+        record.write_text(saved)
+    wav = next((Path(params["data_root"]) / "dev_data").rglob("*.wav"))
+    st = wav.stat()
+    try:  # a replaced data file (same name, new mtime)
+        os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        assert runner.why_stale("00_data_and_labels", "regime", params, []).startswith("data changed")
+    finally:
+        os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert runner.why_stale("00_data_and_labels", "regime", params, []) is None
+
+
+def test_only_refuses_to_run_over_a_stale_earlier_stage(smoke_run):
+    tmp, overlay, first, _ = smoke_run
+    assert first.returncode == 0
+    other = _overlay(tmp, "pooling.yaml", {"pooling": "mean"})  # 02's parameter: its embeddings are now stale
+    out = _run("--system", "dev_offline", "--params", SMOKE, overlay, other, "--only", "03a")
+    assert out.returncode == 2, out.stdout[-2000:]
+    assert "02_extract_embeddings (dev_offline) is not current (parameters changed)" in out.stderr
+    assert "03a_score_knn: running" not in out.stdout
+
+
 def test_failure_names_notebook_cell_and_executed_copy(smoke_run):
     tmp, overlay, first, _ = smoke_run
     broken = _overlay(tmp, "broken.yaml", {"ensemble": ["nosuchbackbone@1"], "epoch_scale": 1.0})

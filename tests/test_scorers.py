@@ -255,8 +255,10 @@ def test_calibration_scores_methods_and_split_sizes():
     _, hb = S.holdout_split(small[perm], seed=1, names=names[perm])
     assert set(names[ha]) == set(names[perm][hb])  # depends on the names, not their order
     X = rng.standard_normal((102, 6))
-    s, idx = S.calibration_scores(make_pipeline(AAUPreprocess(), KNNScorer()), X, small)
+    s, idx = S.calibration_scores(make_pipeline(AAUPreprocess(), KNNScorer()), X, small, method="loo")
     assert len(s) == 102 and np.array_equal(idx, np.arange(102))
+    with pytest.raises(ValueError, match="no leave-one-out form"):
+        S.calibration_scores(GMMScorer(n_components=2), X, small, method="loo")
     s2, idx2 = S.calibration_scores(GMMScorer(n_components=2), X, small, seed=0)
     assert len(s2) == 22 and np.array_equal(idx2, h2)
     # the held-out model never saw the clips it scores: its calibration scores are not optimistic
@@ -338,8 +340,18 @@ def test_score_embeddings_layout_skip_force_and_batched_ae(tmp_path):
         assert {"test", "calib", "names", "calib_names"} <= set(z.files)
         assert z["test"].shape == (20,) and z["calib"].shape == (14,)  # 11 of 54 source + 3 of 6 target (scaled)
         assert str(z["calib_kind"]) == "holdout"
-    with np.load(tmp_path / "scores" / "beats@1" / "ch0" / "knn" / "fan.npz") as z:
-        assert z["calib"].shape == (60,) and str(z["calib_kind"]) == "loo"
+    # the default calibration is the authors' held-out split for every scorer, on the same clips
+    held = {}
+    for sid in ("knn", "gmm", "ae", "ldn"):
+        with np.load(tmp_path / "scores" / "beats@1" / "ch0" / sid / "fan.npz") as z:
+            assert str(z["calib_kind"]) == "holdout", sid
+            held[sid] = z["calib_names"].tolist()
+    assert all(v == held["ae"] for v in held.values()) and len(held["ae"]) == 14
+    loo = S.score_embeddings(tmp_path / "emb", tmp_path / "loo", models[:1], scorers=("knn", "gmm"), calibration="loo",
+                             scorer_params=params)
+    with np.load(loo[0]) as k, np.load(loo[1]) as g:
+        assert k["calib"].shape == (60,) and str(k["calib_kind"]) == "loo"
+        assert g["calib"].shape == (14,) and str(g["calib_kind"]) == "holdout"  # GMM has no leave-one-out form
     mtime = p.stat().st_mtime_ns
     assert S.score_embeddings(tmp_path / "emb", tmp_path / "scores", models, scorer_params=params) == []
     assert p.stat().st_mtime_ns == mtime
@@ -370,3 +382,19 @@ def test_score_embeddings_layout_skip_force_and_batched_ae(tmp_path):
         assert len(res["fan"]) == 20
     with pytest.raises(FileNotFoundError, match="embedding"):
         S.score_embeddings(tmp_path / "nowhere", tmp_path / "s3", models)
+
+
+def test_run_seed_zero_gives_the_authors_random_state():
+    assert S.make_scorer("gmm", preprocess="none", seed=0).random_state == 42  # the authors' GMM and AE: 42
+    ae = S.make_scorer("ae", seed=3)
+    assert ae.steps[-1][1].seed == 45 and ae.steps[0][1].random_state == 45  # --seeds N offsets from 42
+
+
+def test_ldn_params_reach_the_reference_gwrp_density():
+    sp = S.scorer_params_from({"ldn_variant": "reference", "ldn_density": "gwrp", "ldn_r": 0.9})["ldn"]
+    est = S.make_scorer("ldn", **sp)
+    assert (est.variant, est.density, est.r) == ("reference", "gwrp", 0.9)
+    X = np.random.default_rng(0).standard_normal((40, 8))
+    knn = S.make_scorer("ldn", **S.scorer_params_from({"ldn_variant": "reference", "ldn_density": "knn"})["ldn"])
+    assert not np.allclose(est.fit(X).decision_function(X[:5] + 0.1), knn.fit(X).decision_function(X[:5] + 0.1))
+    assert S.scorer_params_from({})["ldn"] == {"variant": "aau-gwrp", "r": 0.98}  # the authors' default
