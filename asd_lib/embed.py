@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from asd_lib.fsutil import atomic_savez
+from asd_lib.fsutil import atomic_savez, file_sha256
 
 __all__ = ["POOLINGS", "CHANNELS", "pool_tokens", "gem_pool", "embed_paths", "extract_embeddings",
            "load_embeddings", "embedding_path"]
@@ -179,15 +179,19 @@ def load_embeddings(out_root: str | Path, model_id: str, channel: str, machine: 
     if not path.exists():
         raise FileNotFoundError(f"no embeddings at {path}; run asd_lib.embed.extract_embeddings first")
     with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in ("emb", "names", "labels", "domains")}
+        out = {k: z[k] for k in ("emb", "names", "labels", "domains")}
+        out["checkpoint_sha256"] = str(z["checkpoint_sha256"]) if "checkpoint_sha256" in z.files else ""
+    return out
 
 
-def _cache_ok(path: Path, names: list[str]) -> bool:
+def _cache_ok(path: Path, names: list[str], checkpoint_sha256: str) -> bool:
     if not path.exists():
         return False
     try:
         with np.load(path, allow_pickle=False) as z:
-            return list(z["names"]) == names and z["emb"].shape[0] == len(names) and "domains" in z
+            made_by = str(z["checkpoint_sha256"]) if "checkpoint_sha256" in z.files else ""
+            return (list(z["names"]) == names and z["emb"].shape[0] == len(names) and "domains" in z
+                    and made_by == checkpoint_sha256)
     except Exception:  # a corrupt or foreign file is recomputed, never trusted
         return False
 
@@ -201,7 +205,9 @@ def extract_embeddings(manifest: Any, checkpoint_or_encoder: Any, out_root: str 
 
     ``manifest``: a ``scan`` DataFrame or data root; ``checkpoint_or_encoder``: an encoder module, a checkpoint
     path (``epoch_XXX.pt``) or a backbone name; ``out_root``: ``results/<regime>/embeddings``. A cached file is
-    reused when it holds exactly the manifest's clip names (unless ``force``); files are written atomically.
+    reused when it holds exactly the manifest's clip names and was made from the same checkpoint file (unless
+    ``force``); files are written atomically. Each file records the sha256 of the checkpoint file it came from
+    (``checkpoint_sha256``, empty for an encoder module or a backbone name), which the online export checks.
     """
     import torch
 
@@ -225,6 +231,8 @@ def extract_embeddings(manifest: Any, checkpoint_or_encoder: Any, out_root: str 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     encoder = None
+    source = checkpoint_or_encoder if isinstance(checkpoint_or_encoder, (str, os.PathLike)) else None
+    ckpt_sha = file_sha256(source) if source is not None and Path(source).is_file() else ""
     result: dict[str, dict[str, Path]] = {}
     for machine in sorted(man["machine"].unique()):
         result[machine] = {}
@@ -235,7 +243,7 @@ def extract_embeddings(manifest: Any, checkpoint_or_encoder: Any, out_root: str 
             path = embedding_path(out_root, model_id, channel, machine, split)
             names = rows["file_name"].tolist()
             result[machine][split] = path
-            if not force and _cache_ok(path, names):
+            if not force and _cache_ok(path, names, ckpt_sha):
                 continue
             if encoder is None:
                 encoder = _load_encoder(checkpoint_or_encoder, recipe)
@@ -244,5 +252,5 @@ def extract_embeddings(manifest: Any, checkpoint_or_encoder: Any, out_root: str 
             labels = rows["label"].map(_LABELS).fillna(-1).astype(np.int64).to_numpy()
             domains = rows["domain"].fillna("").astype(str).to_numpy()
             atomic_savez(path, emb=emb.astype(np.float32), names=np.asarray(names, dtype=str), labels=labels,
-                          domains=domains.astype(str))
+                         domains=domains.astype(str), checkpoint_sha256=np.array(ckpt_sha))
     return result

@@ -54,7 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from asd_lib.embed import POOLINGS, pool_tokens
-from asd_lib.fsutil import atomic_torch_save, atomic_write_text
+from asd_lib.fsutil import atomic_torch_save, atomic_write_text, file_sha256
 
 __all__ = [
     "ArcFaceHead",
@@ -146,7 +146,7 @@ def build_head(kind: str, dim: int, n_classes: int, s: float = 64.0, m: float = 
 
 def load_head(path: str | Path) -> tuple[nn.Module, list[str]]:
     """Load a head saved next to a checkpoint (``epoch_XXX.head.pt``): returns (head module, class names)."""
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = torch.load(path, map_location="cpu", weights_only=True)
     head = build_head(blob["kind"], blob["dim"], len(blob["classes"]), **blob.get("kwargs", {}))
     head.load_state_dict(blob["state"])
     return head, list(blob["classes"])
@@ -309,15 +309,28 @@ class FinetuneConfig:
 
 
 def _rng_state() -> dict[str, Any]:
-    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state in types that ``torch.load(weights_only=True)`` reads back (no numpy objects)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    st = {"python": random.getstate(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+          "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
 
 
+def _read_state(path: Path) -> dict[str, Any]:
+    """A ``last.pt`` resume state, read without unpickling objects; one clear line when it cannot be read."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, corrupt, or written by an older kit with numpy objects
+        raise ValueError(f"{path} cannot be read as a resume state ({type(err).__name__}); delete it (the run then "
+                         "starts over) or pass resume=False") from err
+
+
 def _set_rng_state(st: dict[str, Any]) -> None:
     random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
+    name, keys, pos, has_gauss, gauss = st["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(st["torch"])
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
@@ -648,7 +661,7 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
         if rank != 0:
             return
         final = ckpt_dir / f"epoch_{epoch:03d}.pt"
-        tmp = ckpt_dir / f"_tmp_epoch_{epoch:03d}.pt"
+        tmp = ckpt_dir / f"._tmp_epoch_{epoch:03d}.{os.getpid()}.pt"  # unique: two runs never share a temp file
         enc_cfg = getattr(model.encoder, "cfg", None)
         in_effect = {k: enc_cfg[k] for k in cfg_original} if enc_cfg is not None else {}
         if enc_cfg is not None:
@@ -662,6 +675,7 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
         atomic_torch_save({"kind": head, "dim": int(encoder.embed_dim), "classes": classes,
                             "kwargs": head_kwargs, "state": model.head.state_dict()},
                            ckpt_dir / f"epoch_{epoch:03d}.head.pt")
+        _record_hashes(ckpt_dir, [final, ckpt_dir / f"epoch_{epoch:03d}.head.pt"])
 
     # ---- frozen without epochs: the pre-trained encoder is the checkpoint
     if epochs == 0:
@@ -757,7 +771,7 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
     random.seed(seed + 1000 * rank)
     last = ckpt_dir / "last.pt"
     if resume and last.exists():
-        st = torch.load(last, map_location="cpu", weights_only=False)
+        st = _read_state(last)
         if st["training"] != cfg.training_fields() or st["classes"] != classes:
             raise ValueError(f"{last} was written by a run with other settings or classes; pass resume=False "
                              "(or another out_dir) to start over, or use the settings in its config.json")
@@ -861,12 +875,40 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
         save_state(epoch + 1, 0)
         if rank == 0 and due:
             _prune_checkpoints(ckpt_dir, cfg.keep_epochs, epoch, leaky)
+    if rank == 0:
+        _check_kept(ckpt_dir, [e for e in cfg.keep_epochs if e <= epochs] + [epochs], last)
     _barrier()
     if started_dist:
         import torch.distributed as dist
 
         dist.destroy_process_group()
     return ckpt_dir
+
+
+HASHES = "hashes.json"  # sha256 of every epoch checkpoint as written, checked whenever a run reuses them
+
+
+def _record_hashes(ckpt_dir: Path, files: Sequence[Path]) -> None:
+    """Add the sha256 of ``files`` to the folder's hash list, and drop the entries of files that are gone."""
+    path = ckpt_dir / HASHES
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    known = {name: h for name, h in known.items() if (ckpt_dir / name).is_file()}
+    known.update({f.name: file_sha256(f) for f in files})
+    atomic_write_text(path, json.dumps(known, indent=1, sort_keys=True))
+
+
+def _check_kept(ckpt_dir: Path, epochs: Sequence[int], last: Path) -> None:
+    """Every checkpoint a run was asked to keep exists and has the hash it was written with, or a clear error."""
+    known = json.loads((ckpt_dir / HASHES).read_text()) if (ckpt_dir / HASHES).is_file() else {}
+    for e in sorted(set(epochs)):
+        for f in (ckpt_dir / f"epoch_{e:03d}.pt", ckpt_dir / f"epoch_{e:03d}.head.pt"):
+            if not f.is_file():
+                raise ValueError(f"{f.name} is missing, and {last.name} has already trained past epoch {e}: it can "
+                                 f"only come back from a new run. Retrain with resume=False (asd-finetune "
+                                 f"--no-resume, or delete {ckpt_dir})")
+            if f.name in known and file_sha256(f) != known[f.name]:
+                raise ValueError(f"{f} does not have the hash it was written with (truncated or replaced); retrain "
+                                 f"with resume=False (asd-finetune --no-resume), or delete {ckpt_dir}")
 
 
 cache_fbank_fn = cache_fbank  # the name ``cache_fbank`` is also a keyword argument of ``finetune``
@@ -920,6 +962,7 @@ def _prune_checkpoints(ckpt_dir: Path, keep: Sequence[int], latest: int, leaky: 
         mt = re.fullmatch(r"epoch_(\d+)(\.head)?\.pt", p.name)
         if mt and int(mt.group(1)) not in keep_set:
             p.unlink()
+    _record_hashes(ckpt_dir, [])  # forget the pruned files
 
 
 def _leaky_test_score(man, encoder: nn.Module, cfg: FinetuneConfig, dev: torch.device) -> float:

@@ -822,6 +822,8 @@ def export_system(out_dir: str | Path, params: Any, *, results_dir: str | Path |
         sparams[k] = {**sparams.get(k, {}), **dict(v)}
 
     # ---- backbones and the label scheme
+    from asd_lib.embed import load_embeddings
+
     specs, sources, classes, with_ch = [], {}, None, True
     for m in models:
         ckpt = lay.checkpoint(m)
@@ -841,6 +843,12 @@ def export_system(out_dir: str | Path, params: Any, *, results_dir: str | Path |
                               f"({len(classes)}); every backbone of one system must share it")
         from asd_lib.backbones import load_backbone
 
+        made_from = {load_embeddings(lay.embeddings, m, channel, mc, split)["checkpoint_sha256"]
+                     for mc in list_machines(lay.scores, models, scorer_ids, channel) for split in ("train", "test")}
+        if made_from != {file_sha256(ckpt)}:
+            raise ExportError(f"the cached embeddings of {m} under {lay.embeddings / m} were not made from {ckpt} "
+                              "as it is now (its sha256 differs from the one they recorded): rerun the embedding "
+                              "and scoring stages (notebooks 02 and 03*) before exporting")
         enc = load_backbone(ckpt, recipe=recipe)
         specs.append(ModelSpec(id=m, kind=enc.kind, recipe=enc.recipe, file=f"backbones/{m}.pt",
                                embed_dim=int(enc.embed_dim), source=str(ckpt)))
@@ -854,7 +862,6 @@ def export_system(out_dir: str | Path, params: Any, *, results_dir: str | Path |
     if missing:
         raise ExportError(f"machines {missing} have no cached scores for every model and scorer under {lay.scores}")
     fitted = _refit_scorers(lay.embeddings, models, chosen, scorer_ids, channel, preprocess, seed, sparams)
-    from asd_lib.embed import load_embeddings
 
     worst_raw = 0.0
     for mc in chosen:

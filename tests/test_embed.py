@@ -94,3 +94,23 @@ def test_cache_is_reused_and_never_trusted_when_partial(manifest, beats, tmp_pat
     assert path.stat().st_mtime_ns != first
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         extract_embeddings(manifest, "/no/such/checkpoint.pt", tmp_path, "m@2", **kw)
+
+
+def test_cache_belongs_to_the_checkpoint_file_it_came_from(manifest, beats, tmp_path):
+    from asd_lib.fsutil import file_sha256
+
+    kw = dict(channel="ch0", pooling="mean", machines=["valveEmu"], device="cpu", progress=False)
+    ckpt = tmp_path / "a.pt"
+    beats.save(ckpt)
+    extract_embeddings(manifest, ckpt, tmp_path / "emb", "m@1", **kw)
+    rec = load_embeddings(tmp_path / "emb", "m@1", "ch0", "valveEmu", "train")
+    assert rec["checkpoint_sha256"] == file_sha256(ckpt)
+    path = embedding_path(tmp_path / "emb", "m@1", "ch0", "valveEmu", "train")
+    first = path.stat().st_mtime_ns
+    other = backbones.load_backbone("beats-tiny")
+    with torch.no_grad():
+        next(other.parameters()).add_(0.5)
+    other.save(ckpt)  # retrained under the same name: the cache is recomputed, not trusted
+    extract_embeddings(manifest, ckpt, tmp_path / "emb", "m@1", **kw)
+    assert path.stat().st_mtime_ns != first
+    assert load_embeddings(tmp_path / "emb", "m@1", "ch0", "valveEmu", "train")["checkpoint_sha256"] == file_sha256(ckpt)

@@ -330,3 +330,21 @@ def test_noise_prob_zero_keeps_the_fbank_cache(dev_manifest, tmp_path):
     finetune(dev_manifest, "beats-tiny", tmp_path, machines=["fan"], epochs=1, noise_snr_db=(15.0, 35.0),
              noise_prob=0.0, **_FAST)
     assert list((tmp_path / "fbank").rglob("*.npy"))
+
+
+def test_a_finished_run_refuses_to_skip_what_it_was_asked_for(dev_manifest, tmp_path):
+    kw = dict(_FAST, machines=["fan"], epochs=2)
+    ckpt = finetune(dev_manifest, "beats-tiny", tmp_path, keep_epochs=[2], **kw)
+    assert sorted(json.loads((ckpt / "hashes.json").read_text())) == ["epoch_002.head.pt", "epoch_002.pt"]
+    assert finetune(dev_manifest, "beats-tiny", tmp_path, keep_epochs=[2], **kw) == ckpt  # finished: reused
+    with pytest.raises(ValueError, match="epoch_001.pt is missing.*--no-resume"):  # epoch 1 was pruned long ago
+        finetune(dev_manifest, "beats-tiny", tmp_path, keep_epochs=[1, 2], **kw)
+    data = (ckpt / "epoch_002.pt").read_bytes()
+    (ckpt / "epoch_002.pt").write_bytes(data[: len(data) // 2])  # truncated by a full disk, say
+    with pytest.raises(ValueError, match="does not have the hash it was written with"):
+        finetune(dev_manifest, "beats-tiny", tmp_path, keep_epochs=[2], **kw)
+    finetune(dev_manifest, "beats-tiny", tmp_path, keep_epochs=[1, 2], resume=False, **kw)  # the fix it names
+    assert (ckpt / "epoch_001.pt").is_file() and (ckpt / "epoch_002.pt").read_bytes() == data
+    (ckpt / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot be read as a resume state"):
+        finetune(dev_manifest, "beats-tiny", tmp_path, keep_epochs=[2], **kw)

@@ -182,6 +182,15 @@ def test_export_refusals(demo, tmp_path):
     with pytest.raises(ExportError, match="does not reproduce the cached raw test scores"):
         online.export_system(tmp_path / "d", {**vals, "knn_k": 3, "scorers": ["knn", "ldn"]})
     assert not (tmp_path / "d").exists()
+    ckpt = demo["lay"].checkpoint("beats@1")
+    original = ckpt.read_bytes()
+    try:  # another run's checkpoint under the same name: the cached embeddings no longer belong to it
+        ckpt.write_bytes(demo["lay"].checkpoint("beats@2").read_bytes())
+        with pytest.raises(ExportError, match="were not made from"):
+            online.export_system(tmp_path / "e", vals)
+    finally:
+        ckpt.write_bytes(original)
+    assert not (tmp_path / "e").exists()
 
 
 # ------------------------------------------------------------------------------------------ bad input
