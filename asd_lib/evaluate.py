@@ -1,6 +1,6 @@
 """Command line: evaluate one submission folder as the organisers' evaluator does.
 
-    python -m asd_lib.evaluate SUBMISSION_DIR [--ground-truth DIR] [--out result.csv] [--jackknife] [--paper-style]
+    python -m asd_lib.evaluate SUBMISSION_DIR [--ground-truth DIR | --data DIR] [--out result.csv] [--jackknife] [--paper-style]
 
 Prints the official score and summaries; writes the organisers' <system>_result.csv table to --out.
 """
@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ground-truth", default=None,
                     help="folder holding ground_truth_data/, ground_truth_domain/, ground_truth_attributes/ "
                          "(needed for eval-style names)")
+    ap.add_argument("--data", default=None,
+                    help="the data folder (dev_data/raw/...): without --ground-truth, each machine's file must score "
+                         "exactly its test clips there; without either, the dev naming rule checks completeness")
     ap.add_argument("--out", default=None, help="where to write the organisers' result table (CSV)")
     ap.add_argument("--machines", nargs="*", default=None, help="evaluate only these machines")
     ap.add_argument("--no-ci", action="store_true", help="skip the evaluator's CI95 (leave-one-out) computation")
@@ -31,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         res = evaluate_submission(args.submission_dir, args.ground_truth, machines=args.machines,
-                                  ci=not args.no_ci, jackknife_ours=args.jackknife)
-    except EvaluationError as e:
+                                  ci=not args.no_ci, jackknife_ours=args.jackknife, data=args.data)
+    except (EvaluationError, FileNotFoundError, NotADirectoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     cols = ["machine", "section", "AUC (source)", "AUC (target)", "pAUC"]

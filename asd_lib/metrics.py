@@ -47,7 +47,9 @@ OVERALL_SUMMARY_ROWS = [r + OVERALL_SUFFIX for r in MACHINE_SUMMARY_ROWS]
 
 _SCORE_RE = re.compile(r"^anomaly_score_(?P<machine>.+)_section_(?P<section>\d\d)_test\.csv$")
 _GT_RE = re.compile(r"^ground_truth_(?P<machine>.+)_section_(?P<section>\d\d)_test\.csv$")
-_DEV_RE = re.compile(r"(?:^|_)(source|target)_test_(normal|anomaly)_")
+_DEV_RE = re.compile(r"^section_(?P<section>\d\d)_(?P<domain>source|target)_test_(?P<label>normal|anomaly)_"
+                     r"(?P<index>\d{4})(?:_[^/\\]+)?\.wav$")
+_EVAL_RE = re.compile(r"^section_\d\d_\d{4}\.wav$")
 
 
 class EvaluationError(ValueError):
@@ -374,11 +376,52 @@ def _read_gt(path: Path) -> dict[str, str]:
 
 
 def _label_from_name(name: str) -> tuple[int, int] | None:
-    """(anomaly 0/1, target 0/1) from a dev-style name, or None for an eval-style (unlabelled) name."""
-    m = _DEV_RE.search(name)
+    """(anomaly 0/1, target 0/1) from a whole dev-style name, or None for an eval-style (unlabelled) name."""
+    m = _DEV_RE.match(name)
     if not m:
         return None
-    return int(m.group(2) == "anomaly"), int(m.group(1) == "target")
+    return int(m["label"] == "anomaly"), int(m["domain"] == "target")
+
+
+def _check_dev_complete(path: Path, section: str, names: Iterable[str]) -> None:
+    """Without ground truth or a data folder, a dev submission must follow one of the two numberings of the real
+    dev test sets: the four (domain, label) groups of N clips each numbered 0000..N-1 (fan: N = 50), or one
+    numbering 0000..4N-1 shared by the four groups of N clips (ToyCar: 0000-0199)."""
+    groups: dict[tuple[str, str], list[int]] = {(d, lab): [] for d in ("source", "target")
+                                                for lab in ("normal", "anomaly")}
+    for name in names:
+        m = _DEV_RE.match(name)
+        if m["section"] != section:
+            raise EvaluationError(f"{path}: clip {name!r} belongs to section {m['section']}, not {section}")
+        groups[m["domain"], m["label"]].append(int(m["index"]))
+    sizes = sorted({len(v) for v in groups.values()})
+    every = sorted(i for v in groups.values() for i in v)
+    n = max(sizes)
+    per_group = all(sorted(v) == list(range(n)) for v in groups.values())
+    shared = len(sizes) == 1 and every == list(range(4 * n))
+    if not (per_group or shared):
+        counts = ", ".join(f"{d} {lab} {len(v)}" for (d, lab), v in groups.items())
+        raise EvaluationError(f"{path}: the clip names do not make a complete dev test set ({counts} rows; each "
+                              "group must hold the same number of clips, numbered without gaps or repeats); "
+                              "submit one row per test clip, or pass --data DIR (the test clips) or --ground-truth DIR")
+
+
+def expected_test_clips(data_root: str | os.PathLike, submission: str | os.PathLike | None = None
+                        ) -> dict[str, set[str]]:
+    """{machine: names of its test clips} of a data folder (``data.scan``): what a complete submission scores.
+
+    With ``submission``, only the sets (dev: labelled names; eval: ``section_00_NNNN.wav``) that its machines'
+    files belong to: a dev submission is not asked for the evaluation machines of the same download.
+    """
+    from asd_lib.data import scan
+
+    test = scan(data_root)
+    test = test[test["split"] == "test"]
+    if submission is not None:
+        mine = {m["machine"] for f in Path(submission).iterdir() if (m := _SCORE_RE.match(f.name))}
+        sets = set(test.loc[test["machine"].isin(mine), "set"])
+        test = test[test["set"].isin(sets)] if sets else test
+    return {m: set(g["file_name"]) for m, g in test.groupby("machine")}
 
 
 def _find_gt_root(ground_truth: str | os.PathLike) -> Path:
@@ -393,8 +436,14 @@ def _find_gt_root(ground_truth: str | os.PathLike) -> Path:
 
 
 def load_submission(sub_dir: str | os.PathLike, ground_truth: str | os.PathLike | None = None,
-                    machines: Iterable[str] | None = None) -> list[SectionData]:
-    """Read and check a submission folder; return one SectionData per machine/section in the evaluator's order."""
+                    machines: Iterable[str] | None = None,
+                    expected: dict[str, set[str]] | None = None) -> list[SectionData]:
+    """Read and check a submission folder; return one SectionData per machine/section in the evaluator's order.
+
+    Completeness: with ``ground_truth`` every clip it lists must be scored; else with ``expected`` ({machine: test
+    clip names}, e.g. ``expected_test_clips(data_root)``) every machine and exactly its clips; else the dev naming
+    rule of ``_check_dev_complete``. Names are matched whole.
+    """
     sub = Path(sub_dir)
     if not sub.is_dir():
         raise EvaluationError(f"submission folder not found: {sub}")
@@ -417,6 +466,12 @@ def load_submission(sub_dir: str | os.PathLike, ground_truth: str | os.PathLike 
         gt_machines = sorted({k[0] for k in gt_keys})
         gt_sections = sorted({k[1] for k in gt_keys})
         keys = [(m, s) for m in gt_machines for s in gt_sections]
+    elif expected is not None:
+        unknown = sorted({m for m, _ in found} - set(expected))
+        if unknown:
+            raise EvaluationError(f"{sub}: score files for machine(s) {unknown} that the data folder does not have "
+                                  f"(it has {sorted(expected)}); a renamed or foreign file?")
+        keys = sorted({(m, s) for m, s in found} | {(m, "00") for m in expected if not any(k[0] == m for k in found)})
     else:
         keys = sorted(found)
     if machines is not None:
@@ -429,12 +484,23 @@ def load_submission(sub_dir: str | os.PathLike, ground_truth: str | os.PathLike 
         score_path = sub / f"anomaly_score_{mach}_section_{sec}_test.csv"
         dec_path = sub / f"decision_result_{mach}_section_{sec}_test.csv"
         if not score_path.exists():
-            raise EvaluationError(f"missing anomaly score file {score_path} (the ground truth has machine {mach!r} "
+            where = "the ground truth" if gt_root is not None else "the data folder"
+            raise EvaluationError(f"missing anomaly score file {score_path} ({where} has machine {mach!r} "
                                   f"section {sec}); the organisers' evaluator skips a system with a missing file")
         if not dec_path.exists():
             raise EvaluationError(f"missing decision file {dec_path} for {score_path.name}; the organisers' "
                                   "evaluator refuses a machine without one")
-        out.append(_load_section(mach, sec, score_path, dec_path, gt_root))
+        section = _load_section(mach, sec, score_path, dec_path, gt_root)
+        if gt_root is None and expected is not None:
+            want, got = expected.get(mach, set()), set(section.names)
+            if want != got:
+                missing, extra = sorted(want - got), sorted(got - want)
+                raise EvaluationError(f"{score_path}: {len(missing)} test clip(s) of {mach} without a score (e.g. "
+                                      f"{missing[:3]}) and {len(extra)} row(s) that are not its test clips (e.g. "
+                                      f"{extra[:3]}); submit exactly one row per test clip")
+        elif gt_root is None:
+            _check_dev_complete(score_path, sec, section.names)
+        out.append(section)
     return out
 
 
@@ -583,16 +649,20 @@ def evaluate_sections(sections: list[SectionData], system: str = "system",
 
 
 def evaluate_submission(sub_dir: str | os.PathLike, ground_truth: str | os.PathLike | None = None, *,
-                        machines: Iterable[str] | None = None, ci: bool = True,
-                        jackknife_ours: bool = False) -> EvaluationResult:
+                        machines: Iterable[str] | None = None, ci: bool = True, jackknife_ours: bool = False,
+                        data: str | os.PathLike | None = None) -> EvaluationResult:
     """Evaluate one system folder as the organisers' evaluator does.
 
     Dev-style names (section_00_source_test_anomaly_0001_x.wav) carry their labels; eval-style names
     (section_00_0001.wav) need ``ground_truth``: the folder holding ground_truth_data/, ground_truth_domain/ and
     ground_truth_attributes/.  With ground truth, its machines are required (as the evaluator requires them).
     ``ci`` computes the evaluator's "CI95"; ``jackknife_ours`` our textbook interval of the official score.
+    ``data``: the data folder whose test clips a complete submission scores (see ``load_submission``).
     """
-    sections = load_submission(sub_dir, ground_truth, machines)
+    expected = expected_test_clips(data, sub_dir) if data is not None and ground_truth is None else None
+    if expected is not None and machines is not None:
+        expected = {m: v for m, v in expected.items() if m in set(machines)}
+    sections = load_submission(sub_dir, ground_truth, machines, expected)
     return evaluate_sections(sections, system=Path(sub_dir).resolve().name, ci=ci, jackknife_ours=jackknife_ours)
 
 

@@ -238,3 +238,46 @@ def test_cli(mdir, tmp_path, capsys):
     assert "0.608677" in text and "NOT official" in text
     assert out.read_text().splitlines()[0] == "ToyCar"
     assert evaluate_main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_dev_numbering_rule_holds_for_every_real_machine_and_catches_gaps():
+    names = (Path(__file__).parent / "data" / "dcase2026_file_names" / "dev_test.txt").read_text().split()
+    by_machine: dict[str, list[str]] = {}
+    for line in names:
+        machine, _, name = line.split("/")
+        by_machine.setdefault(machine, []).append(name)
+    assert len(by_machine) == 7
+    for machine, clips in by_machine.items():  # ToyCar numbers 0000-0199 across groups, fan 0000-0049 per group
+        M._check_dev_complete(Path(machine), "00", clips)
+        with pytest.raises(M.EvaluationError, match="complete dev test set"):
+            M._check_dev_complete(Path(machine), "00", clips[1:])  # a missing row
+        with pytest.raises(M.EvaluationError, match="complete dev test set"):
+            M._check_dev_complete(Path(machine), "00", clips[1:] + clips[2:3])  # one clip twice, one missing
+    assert M._label_from_name("xsection_00_source_test_normal_0000_a.wav") is None  # names are matched whole
+
+
+def test_incomplete_dev_submissions_are_refused_without_ground_truth(mdir, tmp_path):
+    sub = _copy_sub(mdir, tmp_path / "a")
+    for kind in ("anomaly_score", "decision_result"):  # the same row gone from both files
+        f = sub / f"{kind}_fan_section_00_test.csv"
+        f.write_text("\n".join(f.read_text().splitlines()[1:]) + "\n")
+    _expect_error(sub, "complete dev test set")
+    # with the data folder: exactly each machine's test clips, and no foreign machine
+    data = tmp_path / "data"
+    for line in (Path(__file__).parent / "data" / "dcase2026_file_names" / "dev_test.txt").read_text().split():
+        machine = line.split("/")[0]
+        if (mdir / "submission" / f"anomaly_score_{machine}_section_00_test.csv").exists():
+            (data / machine / "test").mkdir(parents=True, exist_ok=True)
+            (data / machine / "test" / line.split("/")[-1]).touch()
+            (data / machine / "train").mkdir(exist_ok=True)
+    for machine in {p.parent.parent.name for p in data.rglob("*.wav")}:
+        (data / machine / "train" / "section_00_source_train_normal_0000_noAttribute.wav").touch()
+    full = M.evaluate_submission(_copy_sub(mdir, tmp_path / "b"), ci=False, data=data)
+    assert full.official_score == pytest.approx(M.evaluate_submission(mdir / "submission", ci=False).official_score)
+    with pytest.raises(M.EvaluationError, match="without a score"):
+        M.evaluate_submission(sub, ci=False, data=data)
+    renamed = _copy_sub(mdir, tmp_path / "c")
+    for kind in ("anomaly_score", "decision_result"):
+        (renamed / f"{kind}_fan_section_00_test.csv").rename(renamed / f"{kind}_fann_section_00_test.csv")
+    with pytest.raises(M.EvaluationError, match="does not have"):
+        M.evaluate_submission(renamed, ci=False, data=data)
