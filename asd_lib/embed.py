@@ -179,9 +179,13 @@ def load_embeddings(out_root: str | Path, model_id: str, channel: str, machine: 
     if not path.exists():
         raise FileNotFoundError(f"no embeddings at {path}; run asd_lib.embed.extract_embeddings first")
     with np.load(path, allow_pickle=False) as z:
-        out = {k: z[k] for k in ("emb", "names", "labels", "domains")}
-        out["checkpoint_sha256"] = str(z["checkpoint_sha256"]) if "checkpoint_sha256" in z.files else ""
-    return out
+        return {k: z[k] for k in ("emb", "names", "labels", "domains")}
+
+
+def embedding_source(out_root: str | Path, model_id: str, channel: str, machine: str, split: str) -> str:
+    """sha256 of the checkpoint file a cached embedding file was made from ('' for a module or a backbone name)."""
+    with np.load(embedding_path(out_root, model_id, channel, machine, split), allow_pickle=False) as z:
+        return str(z["checkpoint_sha256"]) if "checkpoint_sha256" in z.files else ""
 
 
 def _cache_ok(path: Path, names: list[str], checkpoint_sha256: str) -> bool:

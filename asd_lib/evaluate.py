@@ -1,6 +1,7 @@
 """Command line: evaluate one submission folder as the organisers' evaluator does.
 
-    python -m asd_lib.evaluate SUBMISSION_DIR [--ground-truth DIR | --data DIR] [--out result.csv] [--jackknife] [--paper-style]
+    python -m asd_lib.evaluate SUBMISSION_DIR [--ground-truth DIR | --data DIR] [--out result.csv] [--jackknife]
+                               [--paper-style]
 
 Prints the official score and summaries; writes the organisers' <system>_result.csv table to --out.
 """

@@ -54,7 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from asd_lib.embed import POOLINGS, pool_tokens
-from asd_lib.fsutil import atomic_torch_save, atomic_write_text, file_sha256
+from asd_lib.fsutil import atomic_torch_save, atomic_write_text, file_sha256, folder_lock
 
 __all__ = [
     "ArcFaceHead",
@@ -479,7 +479,7 @@ def cache_fbank(train_rows, encoder: nn.Module, cache_dir: str | Path, duration:
                 pass
         paths = rows["path"].tolist()
         arr = None
-        tmp = cache_dir / f".{stem}.npy.tmp"
+        tmp = cache_dir / f".{stem}.npy.tmp{os.getpid()}"
         with torch.inference_mode():
             for i in tqdm(range(0, len(paths), batch_size), desc=f"fbank {machine}",
                           disable=not _progress_on(progress)):
@@ -639,250 +639,253 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
     switches = switch_report(encoder, **sw)
     trained = apply_trainable(encoder, trainable, top_k)
     ckpt_dir = Path(out_dir) / "checkpoints" / cfg.backbone_id
-    recipe_name = _recipe_name(encoder, recipe)
-    torch.manual_seed(seed)
-    head_kwargs = {"s": arcface_s, "m": arcface_m} if head == "arcface" else {}
-    head_mod = build_head(head, int(encoder.embed_dim), len(classes), **head_kwargs)
-    model = _Classifier(encoder, head_mod, train_pooling, backbone_grad=bool(trained)).to(dev)
-    n_trained = sum(p.numel() for n, p in encoder.named_parameters() if n in set(trained))
-    say(f"[finetune] {cfg.backbone} -> {ckpt_dir}: {len(classes)} classes, {len(samples)} samples "
-        f"({len(clips)} clips x {len(cfg.train_channels)} ch), trainable={trainable!r}: {len(trained)} tensors, "
-        f"{n_trained:,} params; switches dropout={dropout} layerdrop={layerdrop} grad_decay={grad_decay} "
-        f"(cfg in effect {switches['in_effect']}); world={world} device={dev}")
+    lock = folder_lock(ckpt_dir, "fine-tuning run") if rank == 0 else _nullcontext()
+    with lock:  # one run per output folder: a second one refuses instead of mixing checkpoints
+        recipe_name = _recipe_name(encoder, recipe)
+        torch.manual_seed(seed)
+        head_kwargs = {"s": arcface_s, "m": arcface_m} if head == "arcface" else {}
+        head_mod = build_head(head, int(encoder.embed_dim), len(classes), **head_kwargs)
+        model = _Classifier(encoder, head_mod, train_pooling, backbone_grad=bool(trained)).to(dev)
+        n_trained = sum(p.numel() for n, p in encoder.named_parameters() if n in set(trained))
+        say(f"[finetune] {cfg.backbone} -> {ckpt_dir}: {len(classes)} classes, {len(samples)} samples "
+            f"({len(clips)} clips x {len(cfg.train_channels)} ch), trainable={trainable!r}: {len(trained)} tensors, "
+            f"{n_trained:,} params; switches dropout={dropout} layerdrop={layerdrop} grad_decay={grad_decay} "
+            f"(cfg in effect {switches['in_effect']}); world={world} device={dev}")
 
-    if rank == 0:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-    _barrier()
-    config_blob = {"config": dataclasses.asdict(cfg), "classes": classes, "trained_parameters": trained,
-                   "switches": switches, "recipe": recipe_name, "world_size": world}
-
-    def save_epoch_checkpoint(epoch: int) -> None:
-        """Official-format encoder checkpoint + head sidecar of ``epoch`` (rank 0 writes)."""
-        if rank != 0:
-            return
-        final = ckpt_dir / f"epoch_{epoch:03d}.pt"
-        tmp = ckpt_dir / f"._tmp_epoch_{epoch:03d}.{os.getpid()}.pt"  # unique: two runs never share a temp file
-        enc_cfg = getattr(model.encoder, "cfg", None)
-        in_effect = {k: enc_cfg[k] for k in cfg_original} if enc_cfg is not None else {}
-        if enc_cfg is not None:
-            enc_cfg.update(cfg_original)  # the file keeps the checkpoint's own training switches
-        try:
-            model.encoder.save(tmp)
-        finally:
-            if enc_cfg is not None:
-                enc_cfg.update(in_effect)
-        os.replace(tmp, final)
-        atomic_torch_save({"kind": head, "dim": int(encoder.embed_dim), "classes": classes,
-                            "kwargs": head_kwargs, "state": model.head.state_dict()},
-                           ckpt_dir / f"epoch_{epoch:03d}.head.pt")
-        _record_hashes(ckpt_dir, [final, ckpt_dir / f"epoch_{epoch:03d}.head.pt"])
-
-    # ---- frozen without epochs: the pre-trained encoder is the checkpoint
-    if epochs == 0:
         if rank == 0:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+        _barrier()
+        config_blob = {"config": dataclasses.asdict(cfg), "classes": classes, "trained_parameters": trained,
+                       "switches": switches, "recipe": recipe_name, "world_size": world}
+
+        def save_epoch_checkpoint(epoch: int) -> None:
+            """Official-format encoder checkpoint + head sidecar of ``epoch`` (rank 0 writes)."""
+            if rank != 0:
+                return
+            final = ckpt_dir / f"epoch_{epoch:03d}.pt"
+            tmp = ckpt_dir / f"._tmp_epoch_{epoch:03d}.{os.getpid()}.pt"  # unique: two runs never share a temp file
+            enc_cfg = getattr(model.encoder, "cfg", None)
+            in_effect = {k: enc_cfg[k] for k in cfg_original} if enc_cfg is not None else {}
+            if enc_cfg is not None:
+                enc_cfg.update(cfg_original)  # the file keeps the checkpoint's own training switches
+            try:
+                model.encoder.save(tmp)
+            finally:
+                if enc_cfg is not None:
+                    enc_cfg.update(in_effect)
+            os.replace(tmp, final)
+            atomic_torch_save({"kind": head, "dim": int(encoder.embed_dim), "classes": classes,
+                                "kwargs": head_kwargs, "state": model.head.state_dict()},
+                               ckpt_dir / f"epoch_{epoch:03d}.head.pt")
+            _record_hashes(ckpt_dir, [final, ckpt_dir / f"epoch_{epoch:03d}.head.pt"])
+
+        # ---- frozen without epochs: the pre-trained encoder is the checkpoint
+        if epochs == 0:
+            if rank == 0:
+                save_epoch_checkpoint(0)
+                atomic_write_text(ckpt_dir / "config.json", json.dumps(config_blob, indent=1))
+                _write_log(ckpt_dir / "log.csv", [])
+            _barrier()
+            if started_dist:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
+            return ckpt_dir
+
+        # ---- features
+        wave_noise = noise_std > 0 or (bool(noise_snr_db) and noise_prob > 0)
+        use_cache = cache_fbank and not wave_noise
+        fb_cache = None
+        if use_cache:
+            cache_dir = Path(out_dir) / "fbank" / recipe_name
+            if rank == 0:
+                cache_fbank_fn(train_rows, encoder, cache_dir, duration, cfg.train_channels, device=dev,
+                               progress=progress)
+            _barrier()
+            fb_cache = cache_fbank_fn(train_rows, encoder, cache_dir, duration, cfg.train_channels, device=dev,
+                                      progress=False)
+        elif rank == 0 and wave_noise and cache_fbank:
+            say("[finetune] noise on the waveform changes every sample's fbank: fbank cache disabled for this run")
+        clip_rows = {}
+        if fb_cache is not None:
+            for m, (_, names) in fb_cache.items():
+                pos = {n: i for i, n in enumerate(names)}
+                for ci, c in enumerate(clips):
+                    if c.machine == m:
+                        clip_rows[ci] = pos[c.file_name]
+        n_samples_wave = int(round(duration * SAMPLE_RATE))
+
+        def batch_inputs(sample_ids: Sequence[int], epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+            """Augmented fbank (B, frames, bins) and labels (B,) of these samples."""
+            rngs = [_per_sample_rng(seed, epoch, s) for s in sample_ids]
+            if fb_cache is not None:
+                fbs = [torch.from_numpy(np.array(fb_cache[clips[ci].machine][0][clip_rows[ci], pos], dtype=np.float32))
+                       for ci, pos, _ in samples[list(sample_ids)]]
+            else:
+                waves = np.stack([_load_channels(clips[ci].path, (cfg.train_channels[pos],), n_samples_wave)[0]
+                                  for ci, pos, _ in samples[list(sample_ids)]])
+                if wave_noise:
+                    waves = np.stack([add_wave_noise(w, r, noise_std, noise_snr_db, noise_prob)
+                                      for w, r in zip(waves, rngs)])
+                with torch.no_grad():
+                    fbs = list(encoder.preprocess(torch.from_numpy(waves.astype(np.float32)).to(dev)).float().cpu())
+            xs = []
+            for fb, rng in zip(fbs, rngs):
+                if time_shift > 0:
+                    max_shift = int(time_shift * fb.shape[0])
+                    fb = torch.roll(fb, int(rng.integers(-max_shift, max_shift + 1)), dims=0)
+                if fbank_noise_std > 0:
+                    noise = rng.standard_normal(tuple(fb.shape)).astype(np.float32)
+                    fb = fb + fbank_noise_std * torch.from_numpy(noise)
+                xs.append(fb)
+            labels = torch.as_tensor(samples[list(sample_ids), 2])
+            return torch.stack(xs).to(dev), labels.to(dev)
+
+        # ---- optimisation
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(range(len(samples)), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        rank_batch = batch_size // world
+        total = sampler.total_size
+        n_micro = math.ceil(total / batch_size)
+        steps_per_epoch = math.ceil(n_micro / accum)
+        back_params = [p for p in model.encoder.parameters() if p.requires_grad]
+        groups = [{"params": list(model.head.parameters()), "lr": lr_head, "weight_decay": weight_decay}]
+        if back_params:
+            groups.insert(0, {"params": back_params, "lr": lr_backbone, "weight_decay": weight_decay})
+        optimizer = torch.optim.AdamW(groups)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, int(round(warmup_epochs * steps_per_epoch)),
+                                                    epochs * steps_per_epoch)
+        ddp_model: nn.Module = model
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ddp_model = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                                find_unused_parameters=bool(layerdrop and trained))
+        use_amp = amp and dev.type == "cuda"
+
+        # ---- resume
+        start_epoch, start_micro, global_step = 1, 0, 0
+        epoch_sums = [0.0, 0.0, 0.0]  # loss*count, correct, count
+        log_rows: list[dict] = []
+        leaky: dict[int, float] = {}
+        torch.manual_seed(seed + 1000 * rank)
+        np.random.seed((seed + 1000 * rank) % 2**32)
+        random.seed(seed + 1000 * rank)
+        last = ckpt_dir / "last.pt"
+        if resume and last.exists():
+            st = _read_state(last)
+            if st["training"] != cfg.training_fields() or st["classes"] != classes:
+                raise ValueError(f"{last} was written by a run with other settings or classes; pass resume=False "
+                                 "(or another out_dir) to start over, or use the settings in its config.json")
+            model.encoder.load_state_dict(st["encoder"])
+            model.head.load_state_dict(st["head"])
+            optimizer.load_state_dict(st["optimizer"])
+            if st["scheduler"]["base_lrs"] and epochs != st["epochs"]:
+                raise ValueError(f"{last} was written by a run of {st['epochs']} epochs; the cosine schedule depends "
+                                 f"on it, so resume with epochs={st['epochs']} or pass resume=False")
+            scheduler.load_state_dict(st["scheduler"])
+            start_epoch, start_micro, global_step = st["epoch"], st["micro"], st["global_step"]
+            log_rows, leaky = st["log"], {int(k): v for k, v in st["leaky"].items()}
+            saved = st["per_rank"]  # [(rng state, epoch sums)] of every process of the saving run
+            if len(saved) == world:
+                rng_st, epoch_sums = saved[rank]
+            else:  # another process count: the RNG streams cannot match anyway; keep the sums once
+                rng_st, epoch_sums = saved[0][0], (per_rank_sum(saved) if rank == 0 else [0.0, 0.0, 0.0])
+                say(f"[finetune] {last} was saved by {len(saved)} process(es), resuming with {world}: the result "
+                    "will not be bit-identical to an uninterrupted run")
+            _set_rng_state(rng_st)
+            say(f"[finetune] resumed from {last}: epoch {start_epoch}, micro-batch {start_micro}, step {global_step}")
+        elif rank == 0 and (0 in cfg.keep_epochs or trainable == "frozen"):
             save_epoch_checkpoint(0)
+        if rank == 0:
             atomic_write_text(ckpt_dir / "config.json", json.dumps(config_blob, indent=1))
-            _write_log(ckpt_dir / "log.csv", [])
+
+        def save_state(epoch: int, micro: int) -> None:
+            """Everything a resume needs (weights, optimiser, scheduler, RNG, position) to last.pt."""
+            per_rank_state = _gather_objects((_rng_state(), list(epoch_sums)))
+            if rank != 0:
+                return
+            atomic_torch_save({"training": cfg.training_fields(), "classes": classes, "epochs": epochs,
+                                "encoder": model.encoder.state_dict(), "head": model.head.state_dict(),
+                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                "epoch": epoch, "micro": micro, "global_step": global_step,
+                                "log": log_rows, "leaky": leaky, "per_rank": per_rank_state}, last)
+
+        for epoch in range(start_epoch, epochs + 1):
+            sampler.set_epoch(epoch)
+            mine = list(sampler)
+            t0 = time.perf_counter()
+            if trained:
+                model.train()
+            else:
+                model.eval()
+            micro0 = start_micro if epoch == start_epoch else 0
+            if micro0 == 0:
+                epoch_sums = [0.0, 0.0, 0.0]
+            bar = tqdm(range(micro0, n_micro), desc=f"epoch {epoch}/{epochs}",
+                       disable=not (_progress_on(progress) and rank == 0), leave=False)
+            optimizer.zero_grad(set_to_none=True)
+            for mi in bar:
+                group_start = (mi // accum) * accum
+                group_len = min(accum, n_micro - group_start)
+                last_in_group = (mi - group_start) == group_len - 1
+                ids = mine[mi * rank_batch:(mi + 1) * rank_batch]
+                global_count = min(batch_size, total - mi * batch_size)
+                x, y = batch_inputs(ids, epoch)
+                ctx = ddp_model.no_sync() if (world > 1 and not last_in_group) else _nullcontext()
+                with ctx:
+                    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                        logits, cos = ddp_model(x, y)
+                    ce = F.cross_entropy(logits, y, reduction="sum")
+                    loss = ce * world / global_count / group_len
+                    loss.backward()
+                epoch_sums[0] += float(ce.detach())
+                epoch_sums[1] += float((cos.detach().argmax(1) == y).sum())
+                epoch_sums[2] += len(ids)
+                if last_in_group:
+                    if grad_clip and grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], grad_clip)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    global_step += 1
+                    if progress and rank == 0:
+                        bar.set_postfix(loss=f"{float(ce.detach()) / max(len(ids), 1):.3f}")
+                    if save_every_steps and global_step % save_every_steps == 0 and mi + 1 < n_micro:
+                        save_state(epoch, mi + 1)
+                    if _crash_after_step is not None and global_step == _crash_after_step:
+                        raise _InjectedCrash(f"test hook: crash after optimiser step {global_step}")
+            bar.close()
+            loss_sum, correct, count = _all_reduce_sum(epoch_sums, dev)
+            lrs = scheduler.get_last_lr()
+            row = {"epoch": epoch, "loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1),
+                   "lr_backbone": lrs[0] if back_params else 0.0, "lr_head": lrs[-1],
+                   "seconds": time.perf_counter() - t0}
+            due = (epoch % max(save_every, 1) == 0) or epoch == epochs or epoch in cfg.keep_epochs
+            if due and epoch_selection == "select-on-test-leaky":
+                leaky[epoch] = _leaky_test_score(man, model.encoder, cfg, dev) if rank == 0 else float("nan")
+                row["leaky_test_score"] = leaky[epoch]
+            log_rows.append(row)
+            say(f"[finetune] epoch {epoch}: loss {row['loss']:.4f} acc {row['accuracy']:.3f} "
+                f"lr {row['lr_head']:.2e} {row['seconds']:.1f}s")
+            if due:
+                save_epoch_checkpoint(epoch)
+            if rank == 0:
+                _write_log(ckpt_dir / "log.csv", log_rows)
+            epoch_sums = [0.0, 0.0, 0.0]
+            start_micro = 0
+            save_state(epoch + 1, 0)
+            if rank == 0 and due:
+                _prune_checkpoints(ckpt_dir, cfg.keep_epochs, epoch, leaky)
+        if rank == 0:
+            _check_kept(ckpt_dir, [e for e in cfg.keep_epochs if e <= epochs] + [epochs], last)
         _barrier()
         if started_dist:
             import torch.distributed as dist
 
             dist.destroy_process_group()
         return ckpt_dir
-
-    # ---- features
-    wave_noise = noise_std > 0 or (bool(noise_snr_db) and noise_prob > 0)
-    use_cache = cache_fbank and not wave_noise
-    fb_cache = None
-    if use_cache:
-        cache_dir = Path(out_dir) / "fbank" / recipe_name
-        if rank == 0:
-            cache_fbank_fn(train_rows, encoder, cache_dir, duration, cfg.train_channels, device=dev,
-                           progress=progress)
-        _barrier()
-        fb_cache = cache_fbank_fn(train_rows, encoder, cache_dir, duration, cfg.train_channels, device=dev,
-                                  progress=False)
-    elif rank == 0 and wave_noise and cache_fbank:
-        say("[finetune] noise on the waveform changes every sample's fbank: fbank cache disabled for this run")
-    clip_rows = {}
-    if fb_cache is not None:
-        for m, (_, names) in fb_cache.items():
-            pos = {n: i for i, n in enumerate(names)}
-            for ci, c in enumerate(clips):
-                if c.machine == m:
-                    clip_rows[ci] = pos[c.file_name]
-    n_samples_wave = int(round(duration * SAMPLE_RATE))
-
-    def batch_inputs(sample_ids: Sequence[int], epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augmented fbank (B, frames, bins) and labels (B,) of these samples."""
-        rngs = [_per_sample_rng(seed, epoch, s) for s in sample_ids]
-        if fb_cache is not None:
-            fbs = [torch.from_numpy(np.array(fb_cache[clips[ci].machine][0][clip_rows[ci], pos], dtype=np.float32))
-                   for ci, pos, _ in samples[list(sample_ids)]]
-        else:
-            waves = np.stack([_load_channels(clips[ci].path, (cfg.train_channels[pos],), n_samples_wave)[0]
-                              for ci, pos, _ in samples[list(sample_ids)]])
-            if wave_noise:
-                waves = np.stack([add_wave_noise(w, r, noise_std, noise_snr_db, noise_prob)
-                                  for w, r in zip(waves, rngs)])
-            with torch.no_grad():
-                fbs = list(encoder.preprocess(torch.from_numpy(waves.astype(np.float32)).to(dev)).float().cpu())
-        xs = []
-        for fb, rng in zip(fbs, rngs):
-            if time_shift > 0:
-                max_shift = int(time_shift * fb.shape[0])
-                fb = torch.roll(fb, int(rng.integers(-max_shift, max_shift + 1)), dims=0)
-            if fbank_noise_std > 0:
-                fb = fb + fbank_noise_std * torch.from_numpy(rng.standard_normal(tuple(fb.shape)).astype(np.float32))
-            xs.append(fb)
-        labels = torch.as_tensor(samples[list(sample_ids), 2])
-        return torch.stack(xs).to(dev), labels.to(dev)
-
-    # ---- optimisation
-    from torch.utils.data.distributed import DistributedSampler
-
-    sampler = DistributedSampler(range(len(samples)), num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    rank_batch = batch_size // world
-    total = sampler.total_size
-    n_micro = math.ceil(total / batch_size)
-    steps_per_epoch = math.ceil(n_micro / accum)
-    back_params = [p for p in model.encoder.parameters() if p.requires_grad]
-    groups = [{"params": list(model.head.parameters()), "lr": lr_head, "weight_decay": weight_decay}]
-    if back_params:
-        groups.insert(0, {"params": back_params, "lr": lr_backbone, "weight_decay": weight_decay})
-    optimizer = torch.optim.AdamW(groups)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(round(warmup_epochs * steps_per_epoch)),
-                                                epochs * steps_per_epoch)
-    ddp_model: nn.Module = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ddp_model = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None,
-                                            find_unused_parameters=bool(layerdrop and trained))
-    use_amp = amp and dev.type == "cuda"
-
-    # ---- resume
-    start_epoch, start_micro, global_step = 1, 0, 0
-    epoch_sums = [0.0, 0.0, 0.0]  # loss*count, correct, count
-    log_rows: list[dict] = []
-    leaky: dict[int, float] = {}
-    torch.manual_seed(seed + 1000 * rank)
-    np.random.seed((seed + 1000 * rank) % 2**32)
-    random.seed(seed + 1000 * rank)
-    last = ckpt_dir / "last.pt"
-    if resume and last.exists():
-        st = _read_state(last)
-        if st["training"] != cfg.training_fields() or st["classes"] != classes:
-            raise ValueError(f"{last} was written by a run with other settings or classes; pass resume=False "
-                             "(or another out_dir) to start over, or use the settings in its config.json")
-        model.encoder.load_state_dict(st["encoder"])
-        model.head.load_state_dict(st["head"])
-        optimizer.load_state_dict(st["optimizer"])
-        if st["scheduler"]["base_lrs"] and epochs != st["epochs"]:
-            raise ValueError(f"{last} was written by a run of {st['epochs']} epochs; the cosine schedule depends on "
-                             f"it, so resume with epochs={st['epochs']} or pass resume=False")
-        scheduler.load_state_dict(st["scheduler"])
-        start_epoch, start_micro, global_step = st["epoch"], st["micro"], st["global_step"]
-        log_rows, leaky = st["log"], {int(k): v for k, v in st["leaky"].items()}
-        saved = st["per_rank"]  # [(rng state, epoch sums)] of every process of the saving run
-        if len(saved) == world:
-            rng_st, epoch_sums = saved[rank]
-        else:  # another process count: the RNG streams cannot match anyway; keep the sums once
-            rng_st, epoch_sums = saved[0][0], (per_rank_sum(saved) if rank == 0 else [0.0, 0.0, 0.0])
-            say(f"[finetune] {last} was saved by {len(saved)} process(es), resuming with {world}: the result "
-                "will not be bit-identical to an uninterrupted run")
-        _set_rng_state(rng_st)
-        say(f"[finetune] resumed from {last}: epoch {start_epoch}, micro-batch {start_micro}, step {global_step}")
-    elif rank == 0 and (0 in cfg.keep_epochs or trainable == "frozen"):
-        save_epoch_checkpoint(0)
-    if rank == 0:
-        atomic_write_text(ckpt_dir / "config.json", json.dumps(config_blob, indent=1))
-
-    def save_state(epoch: int, micro: int) -> None:
-        """Everything a resume needs (weights, optimiser, scheduler, RNG, position) to last.pt."""
-        per_rank_state = _gather_objects((_rng_state(), list(epoch_sums)))
-        if rank != 0:
-            return
-        atomic_torch_save({"training": cfg.training_fields(), "classes": classes, "epochs": epochs,
-                            "encoder": model.encoder.state_dict(), "head": model.head.state_dict(),
-                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "epoch": epoch, "micro": micro, "global_step": global_step,
-                            "log": log_rows, "leaky": leaky, "per_rank": per_rank_state}, last)
-
-    for epoch in range(start_epoch, epochs + 1):
-        sampler.set_epoch(epoch)
-        mine = list(sampler)
-        t0 = time.perf_counter()
-        if trained:
-            model.train()
-        else:
-            model.eval()
-        micro0 = start_micro if epoch == start_epoch else 0
-        if micro0 == 0:
-            epoch_sums = [0.0, 0.0, 0.0]
-        bar = tqdm(range(micro0, n_micro), desc=f"epoch {epoch}/{epochs}",
-                   disable=not (_progress_on(progress) and rank == 0), leave=False)
-        optimizer.zero_grad(set_to_none=True)
-        for mi in bar:
-            group_start = (mi // accum) * accum
-            group_len = min(accum, n_micro - group_start)
-            last_in_group = (mi - group_start) == group_len - 1
-            ids = mine[mi * rank_batch:(mi + 1) * rank_batch]
-            global_count = min(batch_size, total - mi * batch_size)
-            x, y = batch_inputs(ids, epoch)
-            ctx = ddp_model.no_sync() if (world > 1 and not last_in_group) else _nullcontext()
-            with ctx:
-                with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits, cos = ddp_model(x, y)
-                ce = F.cross_entropy(logits, y, reduction="sum")
-                loss = ce * world / global_count / group_len
-                loss.backward()
-            epoch_sums[0] += float(ce.detach())
-            epoch_sums[1] += float((cos.detach().argmax(1) == y).sum())
-            epoch_sums[2] += len(ids)
-            if last_in_group:
-                if grad_clip and grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                global_step += 1
-                if progress and rank == 0:
-                    bar.set_postfix(loss=f"{float(ce.detach()) / max(len(ids), 1):.3f}")
-                if save_every_steps and global_step % save_every_steps == 0 and mi + 1 < n_micro:
-                    save_state(epoch, mi + 1)
-                if _crash_after_step is not None and global_step == _crash_after_step:
-                    raise _InjectedCrash(f"test hook: crash after optimiser step {global_step}")
-        bar.close()
-        loss_sum, correct, count = _all_reduce_sum(epoch_sums, dev)
-        lrs = scheduler.get_last_lr()
-        row = {"epoch": epoch, "loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1),
-               "lr_backbone": lrs[0] if back_params else 0.0, "lr_head": lrs[-1],
-               "seconds": time.perf_counter() - t0}
-        due = (epoch % max(save_every, 1) == 0) or epoch == epochs or epoch in cfg.keep_epochs
-        if due and epoch_selection == "select-on-test-leaky":
-            leaky[epoch] = _leaky_test_score(man, model.encoder, cfg, dev) if rank == 0 else float("nan")
-            row["leaky_test_score"] = leaky[epoch]
-        log_rows.append(row)
-        say(f"[finetune] epoch {epoch}: loss {row['loss']:.4f} acc {row['accuracy']:.3f} "
-            f"lr {row['lr_head']:.2e} {row['seconds']:.1f}s")
-        if due:
-            save_epoch_checkpoint(epoch)
-        if rank == 0:
-            _write_log(ckpt_dir / "log.csv", log_rows)
-        epoch_sums = [0.0, 0.0, 0.0]
-        start_micro = 0
-        save_state(epoch + 1, 0)
-        if rank == 0 and due:
-            _prune_checkpoints(ckpt_dir, cfg.keep_epochs, epoch, leaky)
-    if rank == 0:
-        _check_kept(ckpt_dir, [e for e in cfg.keep_epochs if e <= epochs] + [epochs], last)
-    _barrier()
-    if started_dist:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
-    return ckpt_dir
 
 
 HASHES = "hashes.json"  # sha256 of every epoch checkpoint as written, checked whenever a run reuses them

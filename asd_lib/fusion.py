@@ -8,8 +8,8 @@ scores become rank / n over that machine's test clips (average ranks for ties); 
 scorers; decision = fused score > 0.5. A clip's score depends on all other test clips of its machine.
 
 Online: each raw score is z-normalised with constants from CALIBRATION scores (training clips the scoring model
-did not see: the authors' held-out split, or leave-one-out for KNN/LDN with calibration='loo'), then the same mean-over-models / min-over-scorers
-fusion. Normalisations:
+did not see: the authors' held-out split, or leave-one-out for KNN/LDN with calibration='loo'), then the same
+mean-over-models / min-over-scorers fusion. Normalisations:
 - 'pooled' (DESIGN default, the authors' method): per scorer, the mean and the std of the calibration scores of
   each (machine, model), averaged over machines and models;
 - 'per-machine': the mean and std of that machine's and model's own calibration scores;

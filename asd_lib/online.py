@@ -50,7 +50,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from asd_lib.fsutil import file_sha256, replace_dir
+from asd_lib.fsutil import file_sha256, replace_dir, temp_dir
 from asd_lib.scorers import scorer_params_from
 
 __all__ = [
@@ -535,11 +535,7 @@ class OnlineSystem:
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it, or choose "
                                   "another folder")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+        tmp = temp_dir(out)
         try:
             sources = dict(checkpoint_sources or {})
             models = []
@@ -822,7 +818,7 @@ def export_system(out_dir: str | Path, params: Any, *, results_dir: str | Path |
         sparams[k] = {**sparams.get(k, {}), **dict(v)}
 
     # ---- backbones and the label scheme
-    from asd_lib.embed import load_embeddings
+    from asd_lib.embed import embedding_source, load_embeddings
 
     specs, sources, classes, with_ch = [], {}, None, True
     for m in models:
@@ -843,7 +839,7 @@ def export_system(out_dir: str | Path, params: Any, *, results_dir: str | Path |
                               f"({len(classes)}); every backbone of one system must share it")
         from asd_lib.backbones import load_backbone
 
-        made_from = {load_embeddings(lay.embeddings, m, channel, mc, split)["checkpoint_sha256"]
+        made_from = {embedding_source(lay.embeddings, m, channel, mc, split)
                      for mc in list_machines(lay.scores, models, scorer_ids, channel) for split in ("train", "test")}
         if made_from != {file_sha256(ckpt)}:
             raise ExportError(f"the cached embeddings of {m} under {lay.embeddings / m} were not made from {ckpt} "

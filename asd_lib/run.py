@@ -13,6 +13,7 @@ missing or out of date. The README ("Running the systems") introduces this modul
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -26,6 +27,7 @@ from typing import Any, Sequence
 
 from asd_lib import params as P
 from asd_lib import provenance
+from asd_lib.fsutil import FolderBusy, folder_lock
 from asd_lib.fsutil import atomic_write_text as atomic_write
 
 ROOT = P.ROOT
@@ -394,7 +396,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         report_names = names
     t0 = time.perf_counter()
     status = 0
+    locks = contextlib.ExitStack()
     try:
+        if not args.dry_run:  # one runner per results folder: a second one refuses instead of mixing files
+            for folder in sorted({ROOT / per_system[s]["results_dir"] for s in systems}):
+                locks.enter_context(folder_lock(folder, "asd-run"))
         for s in systems:
             for k in range(args.seeds):
                 print(f"== {s}" + (f" (seed repeat {k + 1}/{args.seeds})" if args.seeds > 1 else ""), flush=True)
@@ -407,9 +413,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StageOutOfDate as exc:
         print(f"error: {exc}", file=sys.stderr)
         status = 2
-    except (P.ParamsError, FileNotFoundError) as exc:
+    except (P.ParamsError, FileNotFoundError, FolderBusy) as exc:
         print(f"error: {exc}", file=sys.stderr)
         status = 2
+    finally:
+        locks.close()
     print("\nper-stage time (s):")
     print(runner.log.table())
     print(f"wall time: {time.perf_counter() - t0:.1f} s")

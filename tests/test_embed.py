@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from asd_lib.embed import embed_paths, embedding_path, extract_embeddings, gem_pool, load_embeddings, pool_tokens
+from asd_lib.embed import (embed_paths, embedding_path, embedding_source, extract_embeddings, gem_pool,
+                           load_embeddings, pool_tokens)
 
 backbones = pytest.importorskip("asd_lib.backbones")
 
@@ -103,8 +104,7 @@ def test_cache_belongs_to_the_checkpoint_file_it_came_from(manifest, beats, tmp_
     ckpt = tmp_path / "a.pt"
     beats.save(ckpt)
     extract_embeddings(manifest, ckpt, tmp_path / "emb", "m@1", **kw)
-    rec = load_embeddings(tmp_path / "emb", "m@1", "ch0", "valveEmu", "train")
-    assert rec["checkpoint_sha256"] == file_sha256(ckpt)
+    assert embedding_source(tmp_path / "emb", "m@1", "ch0", "valveEmu", "train") == file_sha256(ckpt)
     path = embedding_path(tmp_path / "emb", "m@1", "ch0", "valveEmu", "train")
     first = path.stat().st_mtime_ns
     other = backbones.load_backbone("beats-tiny")
@@ -113,4 +113,4 @@ def test_cache_belongs_to_the_checkpoint_file_it_came_from(manifest, beats, tmp_
     other.save(ckpt)  # retrained under the same name: the cache is recomputed, not trusted
     extract_embeddings(manifest, ckpt, tmp_path / "emb", "m@1", **kw)
     assert path.stat().st_mtime_ns != first
-    assert load_embeddings(tmp_path / "emb", "m@1", "ch0", "valveEmu", "train")["checkpoint_sha256"] == file_sha256(ckpt)
+    assert embedding_source(tmp_path / "emb", "m@1", "ch0", "valveEmu", "train") == file_sha256(ckpt)

@@ -1,6 +1,7 @@
 """Project-level checks: the conda environment mirrors pyproject's pins, the package imports light."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tomllib
@@ -44,3 +45,22 @@ def test_console_scripts_exist_and_answer_help():
         code = f"import sys; sys.argv = ['{name}', '--help']; from {module} import {func}; {func}()"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
         assert out.returncode == 0 and "usage" in out.stdout.lower(), (name, out.stderr[-500:])
+
+
+def test_atomic_files_respect_the_umask_and_killed_runs_leave_no_temp_folders(tmp_path):
+    from asd_lib import fsutil
+
+    old = os.umask(0o027)
+    try:
+        fsutil._UMASK = 0o027
+        out = fsutil.atomic_write_text(tmp_path / "a.txt", "x")
+        assert (out.stat().st_mode & 0o777) == 0o640  # as open() would make it, not mkstemp's 0600
+    finally:
+        os.umask(old)
+        fsutil._UMASK = old
+    dead = tmp_path / ".results.tmp-999999999"  # no such process: a killed run's leftover
+    dead.mkdir()
+    alive = tmp_path / f".results.tmp-{os.getppid()}"  # a live process still building
+    alive.mkdir()
+    tmp = fsutil.temp_dir(tmp_path / "results")
+    assert tmp.is_dir() and not dead.exists() and alive.exists()

@@ -217,3 +217,16 @@ def test_failure_names_notebook_cell_and_executed_copy(smoke_run):
     assert "01_finetune_arcface.ipynb failed in cell" in out.stderr
     assert "nosuchbackbone" in out.stderr
     assert "executed copy" in out.stderr and "results/dev/notebooks/01_finetune_arcface.ipynb" in out.stderr
+
+
+def test_a_second_runner_on_the_same_results_folder_refuses(tmp_path: Path):
+    from asd_lib.fsutil import FolderBusy, folder_lock
+
+    res = tmp_path / "results"
+    overlay = _overlay(tmp_path, "where.yaml", {"results_dir": str(res)})
+    with folder_lock(res, "test holder"):
+        out = _run("--system", "dev_offline", "--params", SMOKE, overlay, "--only", "00")
+        with pytest.raises(FolderBusy, match=f"process {os.getpid()}"):
+            with folder_lock(res, "a second holder"):
+                pass
+    assert out.returncode == 2 and "is in use by process" in out.stderr and "running" not in out.stdout

@@ -80,7 +80,7 @@ def corpus(cfg: PretrainConfig, work_dir: Path, jobs: int = 1, progress: bool = 
         return np.load(path, mmap_mode="r")
     waves, _ = generate_corpus(cfg.corpus_clips, cfg.seconds, seed=cfg.seed, jobs=jobs, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
     np.save(tmp, waves.astype(np.float32))
     os.replace(tmp, path)
     return np.load(path, mmap_mode="r")

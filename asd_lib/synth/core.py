@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import ADD_MACHINES, ALL_MACHINES
-from ..fsutil import replace_dir
+from ..fsutil import replace_dir, temp_dir
 from . import room
 from .machines import FAULT_GAIN, FAULTS, VOCAB, draw_operating_point, run_machine
 
@@ -310,10 +310,7 @@ def generate(out_dir: str | Path, preset: str = "tiny", seed: int = 0, jobs: int
     prev = _check_target(out, preset, seed)
     if prev is not None and not force and prev.get("code_version") == summary["code_version"]:
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = temp_dir(out)
     try:
         if jobs is None:
             jobs = 1 if len(specs) < 800 else min(4, os.cpu_count() or 1)
