@@ -39,7 +39,8 @@ def test_ci_runs_the_readme_test_command():
 
 def test_console_scripts_exist_and_answer_help():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert {"asd-synth", "asd-pretrain", "asd-run", "asd-evaluate", "asd-score"} <= set(scripts)
+    assert {"asd-synth", "asd-pretrain", "asd-finetune", "asd-run", "asd-evaluate", "asd-score", "asd-params",
+            "asd-nbclean"} <= set(scripts)
     for name, target in scripts.items():
         module, func = target.split(":")
         code = f"import sys; sys.argv = ['{name}', '--help']; from {module} import {func}; {func}()"
