@@ -196,9 +196,10 @@ def table1(tidy: pd.DataFrame, with_paper: bool = True) -> pd.DataFrame:
 
 
 def table2(tidy: pd.DataFrame, with_paper: bool = True) -> pd.DataFrame:
-    """Table 2 (the organisers' baselines, fractions) in the paper's layout from :func:`collect`'s tidy rows."""
+    """Table 2 (the organisers' baselines) from :func:`collect`'s tidy rows, in percent like Table 1 (the paper
+    prints fractions; the CSV keeps fractions for both tables)."""
     frames = [tidy, paper_rows("table2")] if with_paper else [tidy]
-    return layout(aggregate(pd.concat(frames, ignore_index=True)), BASELINE_LABELS, 1.0, 4)
+    return layout(aggregate(pd.concat(frames, ignore_index=True)), BASELINE_LABELS, 100.0, 2)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -250,8 +251,22 @@ def describe_spread(notes: pd.DataFrame) -> list[str]:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    """GitHub Markdown of a layout table (header levels joined with ' / ')."""
-    cols = [" / ".join(str(x) for x in c) if isinstance(c, tuple) else str(c) for c in table.columns]
+    """GitHub Markdown of a layout table. A table with a system level in its columns becomes one block per system
+    (a bold heading, then its block/metric columns), so that no table is wider than a screen."""
+    if isinstance(table.columns, pd.MultiIndex) and table.columns.nlevels == 3:
+        parts = []
+        for system in dict.fromkeys(table.columns.get_level_values(0)):
+            parts.append(f"*{system}*\n\n" + _markdown_block(table[system]))
+        return "\n".join(parts)
+    return _markdown_block(table)
+
+
+_MD_NAMES = {"paper": "the paper's (real data)"}  # the paper's printed numbers, never measured by the kit
+
+
+def _markdown_block(table: pd.DataFrame) -> str:
+    cols = [" / ".join(_MD_NAMES.get(str(x), str(x)) for x in c) if isinstance(c, tuple) else str(c)
+            for c in table.columns]
     head = [table.index.name or ""] + cols
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * len(cols)) + "|"]
     for idx, row in table.iterrows():

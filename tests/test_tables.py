@@ -95,7 +95,9 @@ def test_write_csv_markdown_latex(results: Path, tmp_path: Path):
     assert {"system", "block", "row", "metric", "mean", "sd", "n"} <= set(csv.columns)
     assert (csv[csv.block == "official"]["n"] == 3).all()
     md = paths["md"].read_text()
-    assert md.count("\n|") >= 10 and "DEV Offline / paper / AUC" in md
+    assert md.count("\n|") >= 10 and "*DEV Offline*" in md  # one block per system, each a screen wide
+    block = md.split("*DEV Offline*")[1].split("\n\n")[1]
+    assert block.splitlines()[0].count("|") == 8 and "the paper's (real data) / AUC" in block
     tex = paths["tex"].read_text()
     assert "\\begin{tabular}" in tex and "$\\pm$" in tex and "\\multicolumn" in tex
 
@@ -104,5 +106,5 @@ def test_table2_uses_baseline_folders(tmp_path: Path):
     _fake_system(tmp_path, "MAHALA", 0.5, 3)
     _fake_system(tmp_path, "MSE", 0.4, 4)
     t2 = tables.table2(tables.collect(tmp_path, names=tables.BASELINE_LABELS, sub="submission"))
-    assert t2.loc["ToyCar", ("Mahalanobis", "paper", "AUC")] == "0.6523"
+    assert t2.loc["ToyCar", ("Mahalanobis", "paper", "AUC")] == "65.23"  # percent, like Table 1
     assert t2.loc["ToyCar", ("MSE", "official", "AUC")] != ""
