@@ -56,6 +56,26 @@ AAU_Z_CONSTANTS: dict[str, tuple[float, float]] = {
     "ae": (0.0207, 0.0051),
     "gmm": (-13.33, 83.25),
 }
+
+
+def check_aau_constants(loaded: Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]],
+                        scorers: Sequence[str]) -> None:
+    """Refuse the authors' fixed z constants for a scorer they do not belong to.
+
+    ``loaded``: {machine: {scorer: {model: score dict}}} as ``load_machine_scores`` returns them. Their GMM constants
+    belong to their 1-component GMM on raw embeddings (``gmm_variant: aau-online``), not to the 6-component one.
+    """
+    missing = [s for s in scorers if s not in AAU_Z_CONSTANTS]
+    if missing:
+        raise ValueError(f"the authors have no z constants for {missing}")
+    if "gmm" in scorers:
+        variants = {d["variant"] for per in loaded.values() for d in per["gmm"].values()}
+        if variants != {"aau-online"}:
+            raise ValueError(f"the authors' GMM z constants belong to their online GMM (1 component, diagonal, raw "
+                             f"embeddings); these GMM scores come from {sorted(variants)}. Score with "
+                             "gmm_variant: aau-online, or leave gmm out of the online scorers")
+
+
 ONLINE_DEFAULT_SCORERS = ("knn", "ae", "ldn")  # GMM dropped, as the authors did
 OFFLINE_DEFAULT_SCORERS = ("knn", "gmm", "ae", "ldn")
 
@@ -204,6 +224,7 @@ def load_machine_scores(score_root: str | Path, models: Sequence[str], scorers: 
                 test, calib, nm = z["test"].astype(np.float64), z["calib"].astype(np.float64), z["names"].astype(str)
                 cn = z["calib_names"].astype(str) if "calib_names" in z.files else np.array(
                     [f"#calib{i}" for i in range(len(calib))])
+                variant = str(z["variant"]) if "variant" in z.files else ""
             if len(test) != len(nm):
                 raise ValueError(f"{path}: {len(test)} test scores but {len(nm)} names")
             if names is None:
@@ -214,7 +235,7 @@ def load_machine_scores(score_root: str | Path, models: Sequence[str], scorers: 
                                      f"machine {machine}; re-run score_embeddings with force=True")
                 pos = {n: i for i, n in enumerate(nm)}
                 test = test[[pos[n] for n in names]]
-            out[scorer][model] = {"test": test, "calib": calib, "calib_names": cn}
+            out[scorer][model] = {"test": test, "calib": calib, "calib_names": cn, "variant": variant}
     assert names is not None
     return names, out
 
@@ -270,9 +291,7 @@ def fuse_online(score_root: str | Path, models: Sequence[str], scorers: Sequence
     loaded = {mc: load_machine_scores(score_root, models, scorers, mc, channel) for mc in machines}
     calib = {(mc, m, s): loaded[mc][1][s][m]["calib"] for mc in machines for m in models for s in scorers}
     if normalisation == "aau-constants":
-        missing = [s for s in scorers if s not in AAU_Z_CONSTANTS]
-        if missing:
-            raise ValueError(f"fuse_online: the authors have no z constants for {missing}")
+        check_aau_constants({mc: loaded[mc][1] for mc in machines}, scorers)
         pooled = {s: AAU_Z_CONSTANTS[s] for s in scorers}
     elif normalisation == "pooled":
         pooled = dict(constants) if constants is not None else z_constants(calib, "pooled", ddof)

@@ -795,7 +795,7 @@ def export_system(out_dir: str | Path, params: Any, *, results_dir: str | Path |
     folder atomically.
     """
     from asd_lib import params as P
-    from asd_lib.fusion import AAU_Z_CONSTANTS, list_machines, load_machine_scores, z_constants
+    from asd_lib.fusion import AAU_Z_CONSTANTS, check_aau_constants, list_machines, load_machine_scores, z_constants
 
     if Path(out_dir).exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it, or choose "
@@ -881,6 +881,8 @@ def export_system(out_dir: str | Path, params: Any, *, results_dir: str | Path |
     # ---- calibration constants and thresholds (fusion module, over ALL machines as the batch run)
     norm = fargs["normalisation"]
     if norm == "aau-constants":
+        check_aau_constants({mc: load_machine_scores(lay.scores, models, scorer_ids, mc, channel)[1]
+                             for mc in all_machines}, scorer_ids)
         constants = {s: tuple(map(float, AAU_Z_CONSTANTS[s])) for s in scorer_ids}
     else:
         calib = {}

@@ -803,6 +803,16 @@ def calibration_scores(scorer: BaseEstimator, X, domains=None, *, method: str = 
 # --------------------------------------------------------------------------------------------------------------
 # the score cache
 # --------------------------------------------------------------------------------------------------------------
+# 'kit': the authors' offline GMM (6 components, diagonal) on the preprocessed embeddings; 'aau-online': their optional
+# online GMM (1 component, diagonal) on the raw embeddings, the only GMM their fixed z constants belong to.
+GMM_VARIANTS = ("kit", "aau-online")
+
+
+def takes_raw_embeddings(scorer_id: str, params: Mapping[str, Any]) -> bool:
+    """Whether a scorer skips the authors' preprocessing (as they ran it): LDN, and their online GMM."""
+    return scorer_id == "ldn" or (scorer_id == "gmm" and params.get("variant") == "aau-online")
+
+
 SCORER_SEED = 42  # the authors' random_state for their GMM and AE (testvectors/ldn/README): run seed 0 is their run
 
 
@@ -815,6 +825,13 @@ def make_scorer(scorer_id: str, preprocess: str = "aau", seed: int = 0, device: 
     ``seed`` is the run's seed: the random states are ``SCORER_SEED + seed``, so seed 0 gives the authors' 42.
     """
     rs = SCORER_SEED + seed
+    params = dict(params)
+    if scorer_id == "gmm":
+        variant = params.pop("variant", "kit")
+        if variant not in GMM_VARIANTS:
+            raise ValueError(f"GMM variant must be one of {GMM_VARIANTS}, got {variant!r}")
+        if variant == "aau-online":  # the authors' optional online GMM: 1 component, diagonal, raw embeddings
+            return GMMScorer(**{"random_state": rs, **params, "n_components": 1, "covariance_type": "diag"})
     if scorer_id == "knn":
         est: BaseEstimator = KNNScorer(**params)
     elif scorer_id == "gmm":
@@ -837,7 +854,7 @@ def scorer_params_from(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     ``params/base.yaml`` (knn_k, gmm_components, ae_*, ldn_*); a missing key takes the authors' value."""
     out: dict[str, dict[str, Any]] = {
         "knn": {"n_neighbors": int(params.get("knn_k", 6))},
-        "gmm": {"n_components": int(params.get("gmm_components", 6))},
+        "gmm": {"n_components": int(params.get("gmm_components", 6)), "variant": params.get("gmm_variant", "kit")},
         "ae": {"bottleneck": int(params.get("ae_bottleneck", 32)), "max_epochs": int(params.get("ae_epochs", 50)),
                "patience": int(params.get("ae_patience", 5)), "lr": float(params.get("ae_lr", 1e-3)),
                "batch_size": int(params.get("ae_batch_size", 64))},
@@ -944,8 +961,9 @@ def score_embeddings(
                 out = score_path(score_root, model, channel, sid, machine)
                 if verbose:
                     print(f"scoring {model}/{channel}/{sid}/{machine}")
-                est = make_scorer(sid, preprocess="none", seed=seed, device=device, **dict(scorer_params.get(sid, {})))
-                v = raw if sid == "ldn" else views
+                sp = dict(scorer_params.get(sid, {}))
+                est = make_scorer(sid, preprocess="none", seed=seed, device=device, **sp)
+                v = raw if takes_raw_embeddings(sid, sp) else views
                 if sid == "ae" and ae_batched:
                     ae_jobs.append(dict(est=est, views=v, out=out, te_names=te_names, calib_names=tr_names[held]))
                     continue
@@ -957,7 +975,7 @@ def score_embeddings(
                     held_est = _fit(clone(est), v["fit"], None if dom is None else dom[fit_idx])
                     calib, cnames, kind = held_est.decision_function(v["held"]), tr_names[held], "holdout"
                 atomic_savez(out, test=test.astype(np.float64), calib=calib.astype(np.float64), names=te_names,
-                                 calib_names=cnames, calib_kind=np.array(kind))
+                             calib_names=cnames, calib_kind=np.array(kind), variant=np.array(str(sp.get("variant", ""))))
                 written.append(out)
     if ae_jobs:
         written += _score_ae_batched(ae_jobs)

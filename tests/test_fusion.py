@@ -147,7 +147,8 @@ def _write_layout(root: Path, inp, scorers, shuffle_model: str | None = None, rn
                 p.parent.mkdir(parents=True, exist_ok=True)
                 calib = np.linspace(0.0, 1.0, 10)
                 np.savez(p, test=inp[f"{machine}__{m}__{s}__raw"][order], calib=calib, names=names[order],
-                         calib_names=np.array([f"train_{i}.wav" for i in range(10)]))
+                         calib_names=np.array([f"train_{i}.wav" for i in range(10)]),
+                         variant=np.array("aau-online" if s == "gmm" else ""))  # their online module's GMM
 
 
 def test_fuse_offline_from_layout_matches_vectors(fv, tmp_path):

@@ -398,3 +398,26 @@ def test_ldn_params_reach_the_reference_gwrp_density():
     knn = S.make_scorer("ldn", **S.scorer_params_from({"ldn_variant": "reference", "ldn_density": "knn"})["ldn"])
     assert not np.allclose(est.fit(X).decision_function(X[:5] + 0.1), knn.fit(X).decision_function(X[:5] + 0.1))
     assert S.scorer_params_from({})["ldn"] == {"variant": "aau-gwrp", "r": 0.98}  # the authors' default
+
+
+def test_the_authors_gmm_constants_fit_only_their_online_gmm(tmp_path):
+    from asd_lib import fusion as F
+
+    rng = np.random.default_rng(5)
+    models = ["beats@1"]
+    _fake_embeddings(tmp_path / "emb", models, ["fan", "valveEmu"], rng)
+    S.score_embeddings(tmp_path / "emb", tmp_path / "kit", models, scorers=("knn", "gmm"),
+                       scorer_params={"gmm": {"n_components": 2}})
+    with pytest.raises(ValueError, match="gmm_variant: aau-online"):
+        F.fuse_online(tmp_path / "kit", models, ["knn", "gmm"], normalisation="aau-constants")
+    online_gmm = S.scorer_params_from({"gmm_variant": "aau-online"})["gmm"]
+    S.score_embeddings(tmp_path / "emb", tmp_path / "aau", models, scorers=("knn", "gmm"),
+                       scorer_params={"gmm": online_gmm})
+    out = F.fuse_online(tmp_path / "aau", models, ["knn", "gmm"], normalisation="aau-constants")
+    assert sorted(out) == ["fan", "valveEmu"]
+    with np.load(tmp_path / "emb" / "beats@1" / "ch0" / "fan_train.npz") as z, \
+            np.load(tmp_path / "aau" / "beats@1" / "ch0" / "gmm" / "fan.npz") as s:
+        ref = GMMScorer(n_components=1, random_state=42).fit(z["emb"].astype(float))  # raw embeddings, 1 component
+        with np.load(tmp_path / "emb" / "beats@1" / "ch0" / "fan_test.npz") as t:
+            np.testing.assert_allclose(s["test"], ref.decision_function(t["emb"].astype(float)), rtol=1e-10)
+        assert str(s["variant"]) == "aau-online"
