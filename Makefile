@@ -8,13 +8,14 @@ STAMP   := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 export MPLBACKEND := Agg
 
-.PHONY: demo test venv notebooks clean-notebooks check-notebooks pretrain
+.PHONY: demo test venv lab notebooks clean-notebooks check-notebooks pretrain
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install --upgrade pip
 	$(VPY) -m pip install -e '.[dev]'
-	$(VPY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (asd-kit)"
+	$(VPY) -m ipykernel install --sys-prefix --name asd-kit --display-name "Python 3 (asd-kit)"
+	$(VENV)/bin/jupyter trust notebooks/*.ipynb
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -26,6 +27,10 @@ test: $(STAMP)
 	TQDM_DISABLE=1 $(VPY) -m pytest tests
 	TQDM_DISABLE=1 $(VPY) -m pytest --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/
 	$(VPY) -m asd_lib.nbclean --check notebooks/
+
+lab: $(STAMP)  ## the course: JupyterLab on notebooks/ with the kit's kernel (the committed notebooks are trusted)
+	$(VENV)/bin/jupyter trust notebooks/*.ipynb
+	$(VENV)/bin/jupyter lab notebooks/
 
 pretrain: $(STAMP)  ## regenerate checkpoints/ (one thread each, as the shipped runs; about an hour one after the other)
 	$(VPY) -m asd_lib.pretrain --encoder beats --steps 10000 --threads 1

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 KEEP_CELL_METADATA = ("tags",)
 KEEP_NOTEBOOK_METADATA = ("kernelspec",)
-KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+KERNELSPEC = {"display_name": "Python 3 (asd-kit)", "language": "python", "name": "asd-kit"}  # `make venv`
 
 
 def clean(nb: dict[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from asd_lib.fsutil import atomic_write_text as atomic_write
 
 ROOT = P.ROOT
 NOTEBOOK_DIR = P.NOTEBOOK_DIR
-KERNEL = "python3"
+KERNEL = "asd-kit"  # the Jupyter kernel `make venv` registers for this environment (--kernel picks another)
 
 # The notebooks in pipeline order and where each one's outputs live:
 #   regime - shared by the online and offline systems of one data regime: results/<regime>/
@@ -159,25 +159,27 @@ def _read_record(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def check_kernel() -> None:
-    """Warn when the 'python3' kernel would not run this interpreter (papermill starts notebooks with it)."""
+def check_kernel(kernel: str = KERNEL) -> None:
+    """Stop when the kernel is missing; warn when it would not run this interpreter (papermill starts notebooks with
+    it)."""
     try:
         from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
     except ImportError:  # pragma: no cover - jupyter_client comes with papermill
         return
     try:
-        spec = KernelSpecManager().get_kernel_spec(KERNEL)
+        spec = KernelSpecManager().get_kernel_spec(kernel)
     except NoSuchKernel:
-        raise SystemExit(f"no Jupyter kernel named {KERNEL!r}; install one for this environment with\n"
-                         f"  {sys.executable} -m ipykernel install --sys-prefix --name {KERNEL}")
+        raise SystemExit(f"no Jupyter kernel named {kernel!r}; install one for this environment with\n"
+                         f"  {sys.executable} -m ipykernel install --sys-prefix --name {kernel} "
+                         f"--display-name 'Python 3 ({kernel})'\n(or `make venv`), or pass --kernel NAME")
     exe = spec.argv[0]
     if exe not in {"python", "python3", f"python3.{sys.version_info[1]}"} and \
             os.path.abspath(exe) != os.path.abspath(sys.executable):
-        print(f"warning: kernel {KERNEL!r} runs {exe}, not {sys.executable}; if the notebooks fail to import "
-              f"asd_lib, run: {sys.executable} -m ipykernel install --sys-prefix --name {KERNEL}", file=sys.stderr)
+        print(f"warning: kernel {kernel!r} runs {exe}, not {sys.executable}; if the notebooks fail to import "
+              f"asd_lib, run: {sys.executable} -m ipykernel install --sys-prefix --name {kernel}", file=sys.stderr)
 
 
-def execute(src: Path, out: Path, parameters: dict[str, Any], log_output: bool = False) -> None:
+def execute(src: Path, out: Path, parameters: dict[str, Any], log_output: bool = False, kernel: str = KERNEL) -> None:
     """Execute one notebook with papermill into ``out``; raise StageFailed naming the cell on error."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -185,7 +187,7 @@ def execute(src: Path, out: Path, parameters: dict[str, Any], log_output: bool =
     out.parent.mkdir(parents=True, exist_ok=True)
     rel_src, rel_out = _rel(src), _rel(out)
     try:
-        pm.execute_notebook(str(src), str(out), parameters=parameters, kernel_name=KERNEL, cwd=str(ROOT),
+        pm.execute_notebook(str(src), str(out), parameters=parameters, kernel_name=kernel, cwd=str(ROOT),
                             progress_bar=False, log_output=log_output)
     except PapermillExecutionError as exc:
         # papermill counts cells from 0 including the injected-parameters cell it adds after `parameters`.
@@ -214,6 +216,7 @@ class Runner:
     force: bool = False
     dry_run: bool = False
     log_output: bool = False
+    kernel: str = KERNEL
     log: RunLog = field(default_factory=RunLog)
     declared: dict[str, dict[str, Any]] = field(default_factory=dict)
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # dry run: stages that would have run
@@ -273,7 +276,7 @@ class Runner:
         print(f"[{label}] {name}: running ({reason}) ...", flush=True)
         t0 = time.perf_counter()
         try:
-            execute(notebook_path(name), out, injected, self.log_output)
+            execute(notebook_path(name), out, injected, self.log_output, self.kernel)
         except StageFailed:
             self.log.results.append(StageResult(name, label, "failed", time.perf_counter() - t0, _rel(out)))
             raise
@@ -356,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "the tables then show mean ± sd")
     ap.add_argument("--dry-run", action="store_true", help="check the parameters and list the stages; run nothing")
     ap.add_argument("--log-output", action="store_true", help="stream the notebooks' cell outputs")
+    ap.add_argument("--kernel", default=KERNEL, metavar="NAME",
+                    help=f"Jupyter kernel that runs the notebooks (default {KERNEL!r}, registered by `make venv`)")
     args = ap.parse_args(argv)
 
     systems = list(P.SYSTEMS) if args.system == ["all"] else args.system
@@ -385,9 +390,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     if not args.dry_run:
-        check_kernel()
+        check_kernel(args.kernel)
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would bloat the executed notebooks
-    runner = Runner(force=args.force, dry_run=args.dry_run, log_output=args.log_output, declared=declared)
+    runner = Runner(force=args.force, dry_run=args.dry_run, log_output=args.log_output, kernel=args.kernel,
+                    declared=declared)
     if args.only:
         report_names = names
     elif len(systems) == 1:

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from asd_lib import nbclean  # noqa: E402
-from asd_lib.run import NOTEBOOKS  # noqa: E402
+from asd_lib.run import KERNEL, NOTEBOOKS  # noqa: E402
 
 
 def execute(path: Path, timeout: int = 1800) -> None:
@@ -30,7 +30,7 @@ def execute(path: Path, timeout: int = 1800) -> None:
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, kernel_name="python3", timeout=timeout, resources={"metadata": {"path": str(ROOT)}}).execute()
+    NotebookClient(nb, kernel_name=KERNEL, timeout=timeout, resources={"metadata": {"path": str(ROOT)}}).execute()
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(nbclean.dumps(nbclean.clean(nb)))
     os.replace(tmp, path)
