@@ -11,13 +11,27 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+def find_root() -> Path:
+    """The kit's folder (the one holding ``params/base.yaml`` and ``notebooks/``): ``$ASD_KIT_ROOT`` when set, else
+    the current folder or the nearest one above it that holds them, else the source tree this package was imported
+    from (an editable install). A regular ``pip install .`` puts only the library in site-packages: the parameters
+    and notebooks stay in the clone, so run the commands from there."""
+    env = os.environ.get("ASD_KIT_ROOT")
+    here = Path.cwd().resolve()
+    for folder in ([Path(env).expanduser().resolve()] if env else []) + [here, *here.parents]:
+        if (folder / "params" / "base.yaml").is_file():
+            return folder
+    return Path(__file__).resolve().parents[1]
+
+
+ROOT = find_root()
 PARAMS_DIR = ROOT / "params"
 NOTEBOOK_DIR = ROOT / "notebooks"
 
@@ -65,6 +79,8 @@ def _rel(path: Path) -> str:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read one flat parameters file: a mapping of names to plain values (numbers, strings, bools, lists)."""
     path = Path(path)
+    if not path.is_file() and not path.is_absolute() and (ROOT / path).is_file():
+        path = ROOT / path  # relative to the kit's folder, wherever the command runs
     if not path.is_file():
         raise ParamsError(f"parameters file not found: {path} (give a path relative to the repository root, "
                           f"e.g. params/smoke.yaml)")
@@ -86,6 +102,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def system_files(system: str | None, params_dir: Path = PARAMS_DIR) -> list[Path]:
     """The files behind a system, in merge order: base.yaml then <system>.yaml (when a system is named)."""
+    if not (params_dir / "base.yaml").is_file():
+        raise ParamsError(f"no params/base.yaml in {params_dir.parent}: run the kit's commands from its folder (the "
+                          "clone that holds params/ and notebooks/), or set ASD_KIT_ROOT to that folder")
     files = [params_dir / "base.yaml"]
     if system is not None:
         if system not in SYSTEMS:

@@ -17,7 +17,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from asd_lib.params import ROOT  # the kit's folder (params.find_root)
+
 _STATE: dict[str, Any] = {"figures_dir": ROOT / "figures"}
 
 

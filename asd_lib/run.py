@@ -109,8 +109,10 @@ def notebook_path(name: str) -> Path:
     """Path of a pipeline notebook; a clear error when it is missing."""
     path = NOTEBOOK_DIR / f"{name}.ipynb"
     if not path.is_file():
-        raise FileNotFoundError(f"notebook missing: {path.relative_to(ROOT)} (the runner's stage list is "
-                                f"asd_lib.run.NOTEBOOKS)")
+        hint = ("the runner's stage list is asd_lib.run.NOTEBOOKS" if NOTEBOOK_DIR.is_dir() else
+                "run the kit's commands from its folder (the clone that holds params/ and notebooks/), or set "
+                "ASD_KIT_ROOT to that folder")
+        raise FileNotFoundError(f"notebook missing: {path} ({hint})")
     return path
 
 

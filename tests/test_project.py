@@ -28,7 +28,7 @@ def test_torch_and_torchaudio_pinned_as_a_pair():
 
 def test_import_asd_lib_does_not_import_torch():
     code = "import sys, asd_lib, asd_lib.data; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
@@ -44,7 +44,7 @@ def test_console_scripts_exist_and_answer_help():
     for name, target in scripts.items():
         module, func = target.split(":")
         code = f"import sys; sys.argv = ['{name}', '--help']; from {module} import {func}; {func}()"
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+        out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, cwd=ROOT)
         assert out.returncode == 0 and "usage" in out.stdout.lower(), (name, out.stderr[-500:])
 
 
@@ -65,3 +65,24 @@ def test_atomic_files_respect_the_umask_and_killed_runs_leave_no_temp_folders(tm
     alive.mkdir()
     tmp = fsutil.temp_dir(tmp_path / "results")
     assert tmp.is_dir() and not dead.exists() and alive.exists()
+
+
+def test_a_regular_install_runs_from_the_kits_folder(tmp_path):
+    """`pip install .` (not editable) puts only asd_lib in site-packages; params/ and notebooks/ come from the
+    folder the command runs in."""
+    site = tmp_path / "site"
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet",
+                          "--target", str(site), str(ROOT)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    env = dict(os.environ, PYTHONPATH=str(site))
+    code = "import asd_lib.params as P, asd_lib.run as R; print(P.__file__); print(P.ROOT); raise SystemExit(" \
+           "R.main(['--system', 'dev_offline', '--params', 'params/smoke.yaml', '--dry-run']))"
+    run = subprocess.run([sys.executable, "-P", "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lib, root = run.stdout.splitlines()[:2]
+    assert lib.startswith(str(site)) and root == str(ROOT)
+    elsewhere = subprocess.run([sys.executable, "-P", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert elsewhere.returncode == 2 and "ASD_KIT_ROOT" in elsewhere.stderr
+    env["ASD_KIT_ROOT"] = str(ROOT)
+    again = subprocess.run([sys.executable, "-P", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]

@@ -1,0 +1,398 @@
+"""Parameters: flat YAML files merged in order, checked against the notebooks' ``parameters`` cells.
+
+A system's parameters are ``params/base.yaml``, then ``params/<system>.yaml``, then any overlays given on the
+command line (``--params params/demo.yaml``), later files winning key by key. Every key must be declared by
+some notebook's ``parameters`` cell (a cell tagged ``parameters`` holding ``name = literal`` lines); an unknown key
+is an error that names the file it came from, and a value whose type differs from the notebook's default is an
+error too. Introduced in the README ("Running the systems") and used by ``asd_lib.run``.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+def find_root() -> Path:
+    """The kit's folder (the one holding ``params/base.yaml`` and ``notebooks/``): ``$ASD_KIT_ROOT`` when set, else
+    the current folder or the nearest one above it that holds them, else the source tree this package was imported
+    from (an editable install). A regular ``pip install .`` puts only the library in site-packages: the parameters
+    and notebooks stay in the clone, so run the commands from there."""
+    env = os.environ.get("ASD_KIT_ROOT")
+    here = Path.cwd().resolve()
+    for folder in ([Path(env).expanduser().resolve()] if env else []) + [here, *here.parents]:
+        if (folder / "params" / "base.yaml").is_file():
+            return folder
+    return Path(__file__).resolve().parents[1]
+
+
+ROOT = find_root()
+PARAMS_DIR = ROOT / "params"
+NOTEBOOK_DIR = ROOT / "notebooks"
+
+SYSTEMS: tuple[str, ...] = ("dev_online", "dev_offline", "devadd_online", "devadd_offline")
+
+
+class ParamsError(ValueError):
+    """A parameters file or a notebook's parameters cell is malformed or disagrees with the other."""
+
+
+@dataclass
+class Params:
+    """Merged parameter values plus, for each key, the file that set it last."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Value of ``key`` or ``default``."""
+        return self.values.get(key, default)
+
+    def updated(self, values: Mapping[str, Any], source: str) -> "Params":
+        """A copy with ``values`` set (recorded as coming from ``source``)."""
+        out = Params(dict(self.values), dict(self.sources))
+        for k, v in values.items():
+            out.values[k] = v
+            out.sources[k] = source
+        return out
+
+    def to_json(self) -> str:
+        """JSON text with the values and the file each came from."""
+        return json.dumps({"values": self.values, "sources": self.sources}, indent=1, sort_keys=True)
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read one flat parameters file: a mapping of names to plain values (numbers, strings, bools, lists)."""
+    path = Path(path)
+    if not path.is_file() and not path.is_absolute() and (ROOT / path).is_file():
+        path = ROOT / path  # relative to the kit's folder, wherever the command runs
+    if not path.is_file():
+        raise ParamsError(f"parameters file not found: {path} (give a path relative to the repository root, "
+                          f"e.g. params/smoke.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{_rel(path)} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ParamsError(f"{_rel(path)}: expected a mapping of name: value lines, got {type(data).__name__}")
+    for key, value in data.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ParamsError(f"{_rel(path)}: key {key!r} is not a valid Python name (notebook parameters are "
+                              f"injected as variables)")
+        if isinstance(value, dict):
+            raise ParamsError(f"{_rel(path)}: key {key!r} holds a nested mapping; parameters are flat "
+                              f"(write e.g. {key}_x: ... instead)")
+    return data
+
+
+def system_files(system: str | None, params_dir: Path = PARAMS_DIR) -> list[Path]:
+    """The files behind a system, in merge order: base.yaml then <system>.yaml (when a system is named)."""
+    if not (params_dir / "base.yaml").is_file():
+        raise ParamsError(f"no params/base.yaml in {params_dir.parent}: run the kit's commands from its folder (the "
+                          "clone that holds params/ and notebooks/), or set ASD_KIT_ROOT to that folder")
+    files = [params_dir / "base.yaml"]
+    if system is not None:
+        if system not in SYSTEMS:
+            raise ParamsError(f"unknown system {system!r}; choose one of {', '.join(SYSTEMS)} (files in "
+                              f"{_rel(params_dir)}/)")
+        files.append(params_dir / f"{system}.yaml")
+    return files
+
+
+def load(system: str | None, overlays: Iterable[str | Path] = (), params_dir: Path = PARAMS_DIR) -> Params:
+    """Merge base.yaml, <system>.yaml and the overlays (later wins); record which file set each key."""
+    params = Params()
+    for path in [*system_files(system, params_dir), *map(Path, overlays)]:
+        params = params.updated(read_yaml(path), _rel(path))
+    return params
+
+
+# ----------------------------------------------------------------------------------------------------------
+# notebooks' parameters cells
+
+
+def _parameters_cell(nb: Mapping[str, Any], where: str) -> str:
+    cells = [c for c in nb.get("cells", []) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ParamsError(f"{where}: expected exactly one cell tagged 'parameters', found {len(cells)}")
+    src = cells[0]["source"]
+    return "".join(src) if isinstance(src, list) else src
+
+
+def parse_parameters_source(source: str, where: str = "<cell>") -> dict[str, Any]:
+    """Names and literal defaults of a parameters cell: ``name = literal`` lines only (comments allowed)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        raise ParamsError(f"{where}: parameters cell is not valid Python: {exc}") from exc
+    out: dict[str, Any] = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise ParamsError(f"{where}: line {node.lineno} of the parameters cell is not `name = literal`")
+        name = node.targets[0].id
+        if name in out:
+            raise ParamsError(f"{where}: parameter {name!r} assigned twice in the parameters cell")
+        try:
+            out[name] = ast.literal_eval(node.value)
+        except ValueError as exc:
+            raise ParamsError(f"{where}: parameter {name!r} (line {node.lineno}) is not a plain literal") from exc
+    return out
+
+
+def notebook_parameters(path: str | Path) -> dict[str, Any]:
+    """The parameters a notebook declares, with their default values."""
+    path = Path(path)
+    nb = json.loads(path.read_text())
+    return parse_parameters_source(_parameters_cell(nb, _rel(path)), _rel(path))
+
+
+def declared_parameters(notebooks: Iterable[str | Path]) -> dict[str, dict[str, Any]]:
+    """Map notebook file name -> {parameter: default} for each notebook."""
+    return {Path(p).name: notebook_parameters(p) for p in notebooks}
+
+
+def _type_ok(value: Any, default: Any) -> bool:
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def validate(params: Params, declared: Mapping[str, Mapping[str, Any]]) -> None:
+    """Fail on a key no notebook declares, or a value whose type differs from a notebook's default."""
+    owners: dict[str, list[str]] = {}
+    for nb, names in declared.items():
+        for name in names:
+            owners.setdefault(name, []).append(nb)
+    unknown = sorted(k for k in params.values if k not in owners)
+    if unknown:
+        lines = [f"  {k!r} (set in {params.sources.get(k, '?')})" for k in unknown]
+        raise ParamsError("parameters that no notebook declares in its `parameters` cell:\n" + "\n".join(lines)
+                          + "\nremove them from the file, or fix the spelling (declared names: "
+                          + ", ".join(sorted(owners)) + ")")
+    for key, value in params.values.items():
+        for nb in owners[key]:
+            default = declared[nb][key]
+            if not _type_ok(value, default):
+                raise ParamsError(f"parameter {key!r} = {value!r} (set in {params.sources.get(key, '?')}) has type "
+                                  f"{type(value).__name__}, but {nb} declares it as {type(default).__name__} "
+                                  f"(default {default!r})")
+
+
+def coerce(value: Any, default: Any) -> Any:
+    """``value`` converted to the default's type where that is lossless (int -> float, tuple -> list)."""
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def inject(params: Params, declared_for_notebook: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters to inject into one notebook: only the names it declares, coerced to its types."""
+    return {k: coerce(params.values[k], d) for k, d in declared_for_notebook.items() if k in params.values}
+
+
+def digest(obj: Any) -> str:
+    """Short stable hash of a JSON-serialisable object (used to decide whether a stage can be reused)."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the ensemble
+
+
+def resolve_ensemble(ensemble: Iterable[str], epoch_scale: float = 1.0) -> list[str]:
+    """Model ids ``<backbone>@<epoch>`` with each epoch times ``epoch_scale`` (rounded half up, at least 1).
+
+    >>> resolve_ensemble(["beats@107", "beats@204", "sslam@100"], 0.01)
+    ['beats@1', 'beats@2', 'sslam@1']
+    """
+    out: list[str] = []
+    for item in ensemble:
+        backbone, sep, epoch = str(item).partition("@")
+        if not sep or not backbone or not epoch.isdigit():
+            raise ParamsError(f"ensemble entry {item!r} is not '<backbone>@<epoch>' (e.g. 'beats@107')")
+        e = int(epoch) if epoch_scale == 1.0 else max(1, int(int(epoch) * epoch_scale + 0.5))
+        model = f"{backbone}@{e}"
+        if model in out:
+            raise ParamsError(f"ensemble {list(ensemble)} with epoch_scale {epoch_scale} gives {model} twice; "
+                              f"raise epoch_scale so the epochs stay distinct")
+        out.append(model)
+    return out
+
+
+def training_plan(models: Iterable[str]) -> dict[str, list[int]]:
+    """Backbone id -> sorted epochs to keep, from resolved model ids (each backbone trains to its last epoch)."""
+    plan: dict[str, list[int]] = {}
+    for m in models:
+        backbone, _, epoch = m.partition("@")
+        plan.setdefault(backbone, []).append(int(epoch))
+    return {b: sorted(e) for b, e in plan.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# what the path parameters mean: the DESIGN.md layout in code (used by every notebook)
+
+REGIME_SETS: dict[str, tuple[str, ...]] = {"dev": ("dev",), "devadd": ("dev", "add")}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Folders of one run (DESIGN.md "Stages shared between systems"): per regime and per system."""
+
+    results_dir: Path
+    regime: str
+    system: str = ""
+
+    @property
+    def regime_dir(self) -> Path:
+        """results/<regime>: data manifest, checkpoints, embeddings, raw scores (shared by online and offline)."""
+        return self.results_dir / self.regime
+
+    @property
+    def checkpoints(self) -> Path:
+        """results/<regime>/checkpoints/<backbone>/epoch_XXX.pt"""
+        return self.regime_dir / "checkpoints"
+
+    @property
+    def embeddings(self) -> Path:
+        """results/<regime>/embeddings/<backbone>@<epoch>/<channel>/<machine>_{train,test}.npz"""
+        return self.regime_dir / "embeddings"
+
+    @property
+    def scores(self) -> Path:
+        """results/<regime>/scores/<backbone>@<epoch>/<channel>/<scorer>/<machine>.npz"""
+        return self.regime_dir / "scores"
+
+    @property
+    def system_dir(self) -> Path:
+        """results/<system>: params.json, fused scores, submission, result.csv."""
+        return self.results_dir / self.system
+
+    @property
+    def submission(self) -> Path:
+        """results/<system>/submission: the organisers' CSV files."""
+        return self.system_dir / "submission"
+
+    def checkpoint(self, model_id: str) -> Path:
+        """Checkpoint file of a model id such as 'beats@2'."""
+        backbone, _, epoch = model_id.partition("@")
+        return self.checkpoints / backbone / f"epoch_{int(epoch):03d}.pt"
+
+
+def layout(results_dir: str | Path, regime: str, system: str = "") -> Layout:
+    """The run's folders; ``regime`` must be 'dev' or 'devadd'."""
+    if regime not in REGIME_SETS:
+        raise ParamsError(f"regime must be one of {sorted(REGIME_SETS)}, got {regime!r}")
+    return Layout(Path(results_dir), regime, system)
+
+
+def ensure_data(data_root: str | Path, synth_preset: str = "", synth_seed: int = 0) -> Path:
+    """The data folder: generated first when ``synth_preset`` names a synthetic preset, else it must exist."""
+    root = Path(data_root)
+    if synth_preset:
+        from asd_lib import synth
+
+        return synth.generate(root, preset=synth_preset, seed=synth_seed)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data_root {root} does not exist: put the organisers' dev_data/ and eval_data/ "
+                                f"there (README, 'Real data'), or set synth_preset to generate synthetic data")
+    return root
+
+
+def regime_manifest(manifest, regime: str):
+    """Rows of a ``data.scan`` manifest that a regime uses: dev = the dev set; devadd = dev + additional train."""
+    if regime not in REGIME_SETS:
+        raise ParamsError(f"regime must be one of {sorted(REGIME_SETS)}, got {regime!r}")
+    out = manifest[manifest["set"].isin(REGIME_SETS[regime])].reset_index(drop=True)
+    if out.empty:
+        raise ValueError(f"the manifest has no rows of set {REGIME_SETS[regime]} (regime {regime!r}); "
+                         f"check data_root")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# asd-params: the merged parameters of a system, for papermill -f
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``asd-params --system S [--params YAML ...] [--notebook NAME] [--out FILE]``: print the merged parameters."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(
+        prog="asd-params", description="Print the merged parameters of a system (base.yaml, then <system>.yaml, "
+        "then the overlays; later wins) as YAML, checked as the runner checks them, for `papermill -f`.",
+        epilog="example:\n  asd-params --system dev_offline --params params/demo.yaml --notebook 04 --out p.yaml\n"
+               "  papermill notebooks/04_normalise_and_fuse.ipynb out.ipynb -f p.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--system", required=True, help=f"one of {', '.join(SYSTEMS)}")
+    ap.add_argument("--params", nargs="+", action="extend", default=[], metavar="YAML",
+                    help="overlay files merged after base.yaml and <system>.yaml, in order")
+    ap.add_argument("--notebook", default=None, metavar="NAME",
+                    help="only the parameters this notebook declares (a name or its number prefix, e.g. 04), "
+                         "converted to its types, as the runner injects them")
+    ap.add_argument("--sources", action="store_true", help="add a comment with the file that set each value")
+    ap.add_argument("--out", default=None, metavar="FILE", help="write the YAML here instead of printing it")
+    args = ap.parse_args(argv)
+    from asd_lib import run
+
+    try:
+        prm = load(args.system, args.params)
+        declared = run.all_declared()
+        validate(prm, declared)
+        values = dict(prm.values)
+        if args.notebook:
+            stem = args.notebook.removesuffix(".ipynb")
+            names = ([n for n in declared if n.removesuffix(".ipynb") == stem]
+                     or [n for n in declared if n.split("_")[0] == stem]
+                     or [n for n in declared if n.startswith(stem)])
+            if len(names) != 1:
+                raise ParamsError(f"--notebook {args.notebook!r} matches {names or 'no notebook'}; choose one of "
+                                  + ", ".join(n.removesuffix('.ipynb') for n in declared))
+            values = inject(prm, declared[names[0]])
+    except (ParamsError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    lines = []
+    for key, value in values.items():
+        text = yaml.safe_dump({key: value}, default_flow_style=True, width=10_000).strip()
+        text = text[1:-1] if text.startswith("{") else text  # one `key: value` line per parameter
+        lines.append(text + (f"  # {prm.sources.get(key, '?')}" if args.sources else ""))
+    out = "\n".join(lines) + "\n"
+    if args.out:
+        from asd_lib.fsutil import atomic_write_text
+
+        atomic_write_text(args.out, out)
+        print(f"{len(values)} parameters -> {args.out}")
+    else:
+        print(out, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Self-supervised pre-training of the audio encoders on a synthetic corpus."""

@@ -1,0 +1,113 @@
+"""What a stage's result depends on beyond its parameters: the library code it runs and the data it reads.
+
+The runner (``asd_lib.run``) keys every stage on its injected parameters, its notebook's source and its upstream
+stages. Two more inputs make a stored result stale, and this module digests them:
+
+- ``code_digest(source)``: the ``asd_lib`` modules a piece of code imports, followed transitively through the
+  package (absolute and relative imports, and every parent package's ``__init__``), hashed by content. An edit to
+  ``fusion.py`` changes the digest of the notebooks that import fusion, directly or through another module, and
+  of no other.
+- ``data_digest(root)``: every file under a data folder by relative name, size and modification time, so that a
+  deleted, added, replaced or touched file changes it (content hashes would cost minutes on the DCASE-size set).
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+from functools import lru_cache
+from pathlib import Path
+
+PACKAGE = "asd_lib"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module_file(module: str) -> Path | None:
+    base = ROOT.joinpath(*module.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _parse(code: str) -> ast.Module:
+    """Parse notebook or module code; IPython magics and shell lines are dropped first when they break it."""
+    try:
+        return ast.parse(code)
+    except SyntaxError:
+        kept = [ln for ln in code.splitlines() if not ln.lstrip().startswith(("%", "!"))]
+        return ast.parse("\n".join(kept))
+
+
+def imported_modules(code: str, module: str | None = None) -> set[str]:
+    """Names of the ``asd_lib`` modules that ``code`` imports directly.
+
+    ``module`` is the dotted name of the module the code belongs to (for its relative imports); ``None`` for a
+    notebook. ``from asd_lib import data`` names ``asd_lib.data``, as the submodule it is.
+    """
+    if module is None:
+        package = None
+    else:
+        is_package = (_module_file(module) or Path()).name == "__init__.py"
+        package = module if is_package else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(_parse(code)):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == PACKAGE}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                if package is None:
+                    continue
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != PACKAGE:
+                continue
+            found.add(target)
+            found |= {f"{target}.{a.name}" for a in node.names if _module_file(f"{target}.{a.name}")}
+    return {m for m in found if _module_file(m)}
+
+
+@lru_cache(maxsize=None)
+def _file_sha(path: Path, mtime_ns: int) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def module_closure(code: str) -> list[str]:
+    """Every ``asd_lib`` module that running ``code`` loads: its imports, theirs, and their parent packages."""
+    todo, seen = list(imported_modules(code)), set()
+    while todo:
+        mod = todo.pop()
+        if mod in seen:
+            continue
+        seen.add(mod)
+        parts = mod.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # importing a.b.c runs a and a.b first
+        todo += list(imported_modules(_module_file(mod).read_text(), mod))
+    return sorted(seen)
+
+
+def code_digest(code: str) -> dict[str, str]:
+    """{module: sha256 of its file} for ``module_closure(code)``: what a stage's result depends on in the library."""
+    out = {}
+    for mod in module_closure(code):
+        path = _module_file(mod)
+        out[mod] = _file_sha(path, path.stat().st_mtime_ns)
+    return out
+
+
+def data_digest(root: str | os.PathLike) -> str:
+    """Digest of every file under ``root`` (relative name, size, mtime); 'absent' when there is no such folder."""
+    root = Path(root)
+    if not root.is_dir():
+        return "absent"
+    h = hashlib.sha256()
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(folder) / name
+            st = path.stat()
+            h.update(f"{path.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,168 @@
+"""DCASE Task 2 submission files in the organisers' format, decision rules, and the per-system folder layout.
+
+Per machine and section two headerless CSVs, one row per test clip (REFERENCE.md §2):
+
+    anomaly_score_<machine>_section_<NN>_test.csv     <wav name>,<score>     (higher = more anomalous)
+    decision_result_<machine>_section_<NN>_test.csv   <wav name>,<0|1>       (1 = anomalous)
+
+Names are the test file names as distributed: dev-style (``section_00_source_test_normal_0001_spd_1.wav``) or
+eval-style (``section_00_0001.wav``, the eval set's unlabelled 6/10/16 s clips); only the basename is written.
+The organisers' evaluator takes one folder per system (``teams/<team>/<system>/``, ``--dir_depth=2``); the
+challenge asks for one folder per submitted system named ``<Lastname>_<Institute>_task2_<n>``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from asd_lib.metrics import atomic_write_text, read_decisions, read_scores
+
+#: decision rules a system can name (DESIGN.md "Defaults")
+DECISION_RULES = ("threshold", "gamma", "quantile", "rank-0.5", "aau-minmax")
+
+
+def score_file_name(machine: str, section: str | int = "00") -> str:
+    """anomaly_score_<machine>_section_<NN>_test.csv"""
+    return f"anomaly_score_{machine}_section_{_sec(section)}_test.csv"
+
+
+def decision_file_name(machine: str, section: str | int = "00") -> str:
+    """decision_result_<machine>_section_<NN>_test.csv"""
+    return f"decision_result_{machine}_section_{_sec(section)}_test.csv"
+
+
+def _sec(section: str | int) -> str:
+    """Two-digit section id."""
+    s = str(section)
+    if s.startswith("section_"):
+        s = s[len("section_"):]
+    if not re.fullmatch(r"\d{1,2}", s):
+        raise ValueError(f"section must be a number like '00', got {section!r}")
+    return f"{int(s):02d}"
+
+
+def write_submission(out_dir: str | os.PathLike, machine: str, names: Sequence[str], scores: Sequence[float],
+                     decisions: Sequence[int], section: str | int = "00") -> tuple[Path, Path]:
+    """Write both CSVs of one machine/section atomically; names (n,) basenames or paths, scores (n,), decisions (n,).
+
+    Scores are written with full precision (Python repr); decisions as 0/1.  Returns (score_path, decision_path).
+    """
+    names = [os.path.basename(str(n)) for n in names]
+    scores_a = np.asarray(scores, dtype=float).reshape(-1)
+    dec_a = np.asarray(decisions).reshape(-1)
+    if not (len(names) == len(scores_a) == len(dec_a)):
+        raise ValueError(f"{machine}: {len(names)} names, {len(scores_a)} scores, {len(dec_a)} decisions; "
+                         "need one score and one decision per test clip")
+    if len(names) == 0:
+        raise ValueError(f"{machine}: no test clips to write")
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})[:3]
+        raise ValueError(f"{machine}: duplicate clip names {dup}")
+    bad = np.flatnonzero(~np.isfinite(scores_a))
+    if len(bad):
+        raise ValueError(f"{machine}: score of {names[bad[0]]!r} is {scores_a[bad[0]]}; scores must be finite")
+    bad = [i for i, d in enumerate(dec_a.tolist()) if d not in (0, 1, True, False)]
+    if bad:
+        raise ValueError(f"{machine}: decision of {names[bad[0]]!r} is {dec_a[bad[0]]!r}; decisions must be 0 or 1")
+    sbuf, dbuf = io.StringIO(), io.StringIO()
+    sw, dw = csv.writer(sbuf, lineterminator="\n"), csv.writer(dbuf, lineterminator="\n")
+    for n, s, d in zip(names, scores_a.tolist(), dec_a.tolist()):
+        sw.writerow([n, repr(float(s))])
+        dw.writerow([n, int(d)])
+    out = Path(out_dir)
+    sp = atomic_write_text(out / score_file_name(machine, section), sbuf.getvalue())
+    dp = atomic_write_text(out / decision_file_name(machine, section), dbuf.getvalue())
+    return sp, dp
+
+
+def read_submission(out_dir: str | os.PathLike, machine: str, section: str | int = "00"
+                    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Read back one machine's (names, scores (n,), decisions (n,)) in file order."""
+    out = Path(out_dir)
+    sc = read_scores(out / score_file_name(machine, section))
+    de = read_decisions(out / decision_file_name(machine, section))
+    names = sorted(sc, key=lambda n: sc[n][1])
+    return names, np.array([sc[n][0] for n in names]), np.array([de[n][0] if n in de else -1 for n in names])
+
+
+def gamma_threshold(calib_scores: Sequence[float], q: float = 0.9) -> float:
+    """The official baseline's threshold: scipy gamma fit (shape, loc, scale) of calibration scores, its q quantile."""
+    import scipy.stats
+    x = np.asarray(calib_scores, dtype=float)
+    if len(x) < 3 or np.ptp(x) == 0:
+        raise ValueError(f"need at least 3 distinct calibration scores for a gamma fit, got {len(x)}")
+    a, loc, scale = scipy.stats.gamma.fit(x)
+    return float(scipy.stats.gamma.ppf(q, a, loc=loc, scale=scale))
+
+
+def decide(scores: Sequence[float], rule: str = "threshold", *, threshold: float | None = None,
+           calib: Sequence[float] | None = None, q: float = 0.9) -> np.ndarray:
+    """Decisions (n,) of 0/1 from test scores by a named rule.
+
+    * ``threshold``: score > threshold (given).
+    * ``gamma``: score > gamma-fit q quantile of ``calib`` (official baseline; test-independent).
+    * ``quantile``: score > empirical q quantile of ``calib`` (test-independent).
+    * ``rank-0.5``: score > 0.5 (offline rank-fused scores already lie in (0, 1]).
+    * ``aau-minmax``: min-max scale over THESE test scores, > 0.5 (the authors' rule; TEST-DEPENDENT).
+    """
+    s = np.asarray(scores, dtype=float)
+    if rule == "threshold":
+        if threshold is None:
+            raise ValueError("rule 'threshold' needs threshold=")
+        thr = float(threshold)
+    elif rule == "gamma":
+        if calib is None:
+            raise ValueError("rule 'gamma' needs calib= (training/calibration scores)")
+        thr = gamma_threshold(calib, q)
+    elif rule == "quantile":
+        if calib is None:
+            raise ValueError("rule 'quantile' needs calib= (training/calibration scores)")
+        thr = float(np.quantile(np.asarray(calib, dtype=float), q))
+    elif rule == "rank-0.5":
+        thr = 0.5
+    elif rule == "aau-minmax":
+        lo, hi = float(np.min(s)), float(np.max(s))
+        z = (s - lo) / (hi - lo) if hi > lo else np.zeros_like(s)
+        return (z > 0.5).astype(int)
+    else:
+        raise ValueError(f"unknown decision rule {rule!r}; choose one of {DECISION_RULES}")
+    return (s > thr).astype(int)
+
+
+def system_label(last_name: str, institute: str, index: int, task: int = 2) -> str:
+    """The challenge's system label, e.g. ``Doe_AAU_task2_1`` (letters/digits only in name parts)."""
+    clean = [re.sub(r"[^A-Za-z0-9]", "", p) for p in (last_name, institute)]
+    if not all(clean) or not 1 <= int(index) <= 4:
+        raise ValueError(f"need a last name, an institute and a system index 1-4, got {last_name!r}, "
+                         f"{institute!r}, {index!r}")
+    return f"{clean[0]}_{clean[1]}_task{task}_{int(index)}"
+
+
+def system_dir(root: str | os.PathLike, label: str, team: str | None = None) -> Path:
+    """Folder for one system's CSVs: ``root/<label>`` (package layout) or ``root/<team>/<label>`` (the evaluator's
+    ``teams/<team>/<system>`` layout, ``--dir_depth=2``); created if missing."""
+    p = Path(root) / team / label if team else Path(root) / label
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def check_submission(out_dir: str | os.PathLike, machines: Sequence[str], section: str | int = "00",
+                     expected_names: dict[str, Sequence[str]] | None = None) -> None:
+    """Raise ValueError naming the file if a machine lacks a file, or (given expected_names) a clip set differs."""
+    for m in machines:
+        names, s, d = read_submission(out_dir, m, section)
+        if (d < 0).any():
+            raise ValueError(f"{Path(out_dir) / decision_file_name(m, section)}: clip {names[int(np.argmax(d < 0))]!r} "
+                             "has no decision")
+        if expected_names is not None:
+            want = {os.path.basename(str(n)) for n in expected_names[m]}
+            got = set(names)
+            if want != got:
+                raise ValueError(f"{Path(out_dir) / score_file_name(m, section)}: {len(want - got)} clip(s) missing, "
+                                 f"{len(got - want)} extra, e.g. {sorted(want ^ got)[:3]}")
