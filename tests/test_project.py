@@ -70,9 +70,15 @@ def test_atomic_files_respect_the_umask_and_killed_runs_leave_no_temp_folders(tm
 def test_a_regular_install_runs_from_the_kits_folder(tmp_path):
     """`pip install .` (not editable) puts only asd_lib in site-packages; params/ and notebooks/ come from the
     folder the command runs in."""
+    import shutil
+
+    src = tmp_path / "src"  # a copy, so that the build leaves nothing in the work tree
+    shutil.copytree(ROOT / "asd_lib", src / "asd_lib", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, src / name)
     site = tmp_path / "site"
     out = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet",
-                          "--target", str(site), str(ROOT)], capture_output=True, text=True)
+                          "--target", str(site), str(src)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     env = dict(os.environ, PYTHONPATH=str(site))
     code = "import asd_lib.params as P, asd_lib.run as R; print(P.__file__); print(P.ROOT); raise SystemExit(" \

@@ -1,1 +1,0 @@
-"""Self-supervised pre-training of the audio encoders on a synthetic corpus."""
