@@ -1,6 +1,6 @@
 """The organisers' autoencoder baseline (DCASE 2023-2026 Task 2), rebuilt for the paper's Table 2.
 
-Facts from REFERENCE.md §3 and the organisers' baseline (nttcslab/dcase2023_task2_baseline_ae, v5.1.1); the code is
+Facts from docs/reference.md §3 and the organisers' baseline (nttcslab/dcase2023_task2_baseline_ae, v5.1.1); the code is
 ours.  Pipeline per machine:
 
 1. features: log-mel of channel 0 (n_fft 1024, hop 512, 128 Slaney mels, power 2, zero-padded centred frames,
@@ -377,7 +377,7 @@ def table2(results: dict[str, "object"], machines: Sequence[str] | None = None) 
 
     Rows: machines, 'Mean', then three single numbers in the AUC column: 'official score' (21-number harmonic mean
     with eps floor), 'hmean14 of these rows' (the 14-number harmonic mean of this table's AUC and pAUC rows, how
-    REFERENCE §8 re-derives the paper's Table 2 Omega; NOT official) and 'paper-style Omega (AAU metric)' (domain-only
+    docs/reference.md §8 re-derives the paper's Table 2 Omega; NOT official) and 'paper-style Omega (AAU metric)' (domain-only
     AUCs, :func:`asd_lib.metrics.paper_style_scores`; NOT official).  Per-machine AUC is the mean of the official
     AUC (source) and AUC (target) (the baseline's "arithmetic mean" row).
     """

@@ -1,6 +1,6 @@
 """The DCASE 2026 Task 2 data layer: file names, manifests, class labels and clip loading.
 
-Facts used here (see ../shared/REFERENCE.md section 1): the organisers' layout
+Facts used here (see docs/reference.md §1): the organisers' layout
 ``<root>/<machine>/{train,test}/*.wav`` with ``attributes_00.csv``; labelled names
 ``section_00_{source|target}_{train|test}_{normal|anomaly}_<NNNN>_<attributes>.wav``;
 unlabelled evaluation names ``section_00_<NNNN>.wav`` whose labels ship as separate

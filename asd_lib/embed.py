@@ -1,6 +1,6 @@
 """Embedding extraction: pooled encoder tokens per clip, cached per model, channel and machine.
 
-Introduced in notebook ``02_extract_embeddings`` (REFERENCE §5, DESIGN layout). Writes
+Introduced in notebook ``02_extract_embeddings`` (docs/reference.md §5, DESIGN layout). Writes
 
     <out_root>/<model_id>/<channel>/<machine>_{train,test}.npz   keys emb (N, D) float32, names, labels, domains
 

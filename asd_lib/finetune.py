@@ -1,12 +1,12 @@
 """ArcFace fine-tuning of the backbones on machine/section/domain/attribute(/channel) classes.
 
-Introduced in notebook ``01_finetune_arcface`` (paper §2.1-2.2, REFERENCE §5). One entry point, ``finetune``,
+Introduced in notebook ``01_finetune_arcface`` (paper §2.1-2.2, docs/reference.md §5). One entry point, ``finetune``,
 runs on one process or under ``torchrun`` (DistributedDataParallel, gloo on CPU, nccl on CUDA):
 
     python -m asd_lib.finetune --data DIR --backbone beats-tiny --out results/dev --epochs 2
     torchrun --nproc_per_node 2 -m asd_lib.finetune --data DIR --backbone beats-tiny --out results/dev ...
 
-Outputs (DESIGN "Stages shared between systems"), under ``out_dir`` = ``results/<regime>``:
+Outputs (docs/design.md, "Stages shared between systems"), under ``out_dir`` = ``results/<regime>``:
 
     fbank/<recipe>/<machine>_train_d<dur>s_ch<chs>.npy (+ .json)    cached fbank, computed once per regime + recipe
     checkpoints/<backbone_id>/epoch_XXX.pt                          official checkpoint format (encoder.save)

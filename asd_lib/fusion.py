@@ -1,6 +1,6 @@
 """Score normalisation and fusion: offline rank fusion, online calibrated z fusion, decisions (notebook 04).
 
-Pure numpy/pandas functions plus two readers of the score cache (DESIGN layout
+Pure numpy/pandas functions plus two readers of the score cache (docs/design.md layout
 ``scores/<model>/<channel>/<scorer>/<machine>.npz`` with keys test, calib, names [, calib_names]).
 
 Offline (paper eq. 2, the authors' rank module): per machine, per scorer, per model (backbone) the raw test
@@ -10,10 +10,10 @@ scorers; decision = fused score > 0.5. A clip's score depends on all other test 
 Online: each raw score is z-normalised with constants from CALIBRATION scores (training clips the scoring model
 did not see: the authors' held-out split, or leave-one-out for KNN/LDN with calibration='loo'), then the same
 mean-over-models / min-over-scorers fusion. Normalisations:
-- 'pooled' (DESIGN default, the authors' method): per scorer, the mean and the std of the calibration scores of
+- 'pooled' (the default of docs/design.md, the authors' method): per scorer, the mean and the std of the calibration scores of
   each (machine, model), averaged over machines and models;
 - 'per-machine': the mean and std of that machine's and model's own calibration scores;
-- 'aau-constants': the authors' fixed constants (REFERENCE section 7), for parity; they belong to THEIR embeddings;
+- 'aau-constants': the authors' fixed constants (docs/reference.md §7), for parity; they belong to THEIR embeddings;
 - 'streaming' (the paper text's "sliding-window z-score"): each test clip is z-scored with the mean/std of a
   window of the scores that came before it in a FIXED clip order (seeded with the calibration scores). This is
   NOT test-independent: a score depends on earlier clips and on the order. Labelled so in the output.
@@ -47,7 +47,7 @@ __all__ = [
     "fuse_online",
 ]
 
-# The authors' hard-coded (mean, std) per scorer (REFERENCE section 7); 'gwrp' is their name for our 'ldn'.
+# The authors' hard-coded (mean, std) per scorer (docs/reference.md §7); 'gwrp' is their name for our 'ldn'.
 # Their optional GMM is a different scorer (1 component, diagonal, raw embeddings): z = (s + 13.33) / 83.25.
 AAU_Z_CONSTANTS: dict[str, tuple[float, float]] = {
     "knn": (0.0963, 0.0256),

@@ -1,6 +1,6 @@
 """The official DCASE Task 2 evaluation, reproduced value for value, and the paper-style numbers kept apart.
 
-Definitions follow the organisers' evaluator (nttcslab/dcase2024_task2_evaluator, 2024 code; REFERENCE.md §2):
+Definitions follow the organisers' evaluator (nttcslab/dcase2024_task2_evaluator, 2024 code; docs/reference.md §2):
 
 * AUC (source|target): ``roc_auc_score`` over that domain's normal clips plus ALL anomalous clips of the section.
 * AUC (all): over every clip of the section.  pAUC: ``roc_auc_score(y, s, max_fpr=0.1)`` over every clip

@@ -3,7 +3,7 @@
 Drops what a run leaves behind that is not content: notebook-level metadata other than the kernel spec and the
 language name (papermill's parameters and timings, widget state, the Python version), and cell metadata other than
 ``tags`` (timings, ``collapsed``/``scrolled`` flags, papermill's per-cell status). Keeps sources, outputs and
-execution counts, so the committed notebooks still show the smoke run (CONVENTIONS.md, "Notebooks").
+execution counts, so the committed notebooks still show the smoke run (docs/conventions.md, "Notebooks").
 ``--check`` changes nothing and exits 1 when some file would change; CI runs it on ``notebooks/``.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Online deployment: export a fitted online system to one folder, load it back, score one clip at a time.
 
-The paper's online systems (DEV online, DEV+ADD online; paper section 3.3, REFERENCE section 7) give each
+The paper's online systems (DEV online, DEV+ADD online; paper section 3.3, docs/reference.md §7) give each
 recording a score the moment it arrives, independently of every other recording. The batch pipeline computes
 those scores for a whole test set at once (notebooks 02 -> 03a-d -> 04); this module packages what a single clip
 needs and reproduces the batch scores one clip at a time:

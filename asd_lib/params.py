@@ -255,14 +255,14 @@ def training_plan(models: Iterable[str]) -> dict[str, list[int]]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# what the path parameters mean: the DESIGN.md layout in code (used by every notebook)
+# what the path parameters mean: the docs/design.md layout in code (used by every notebook)
 
-REGIME_SETS: dict[str, tuple[str, ...]] = {"dev": ("dev",), "devadd": ("dev", "add")}
+REGIME_SETS: dict[str, tuple[str, ...]] = {"dev": ("dev",), "devadd": ("dev", "add", "eval")}
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Folders of one run (DESIGN.md "Stages shared between systems"): per regime and per system."""
+    """Folders of one run (docs/design.md "Stages shared between systems"): per regime and per system."""
 
     results_dir: Path
     regime: str
@@ -295,8 +295,18 @@ class Layout:
 
     @property
     def submission(self) -> Path:
-        """results/<system>/submission: the organisers' CSV files."""
+        """results/<system>/submission: the organisers' CSV files (development set)."""
         return self.system_dir / "submission"
+
+    @property
+    def eval_submission(self) -> Path:
+        """results/<system>/eval_submission: the CSV files of the evaluation set (DEV+ADD systems)."""
+        return self.system_dir / "eval_submission"
+
+    @property
+    def package(self) -> Path:
+        """results/<system>/package/teams/<team>/<label>/: the evaluation set packaged for the organisers."""
+        return self.system_dir / "package"
 
     def checkpoint(self, model_id: str) -> Path:
         """Checkpoint file of a model id such as 'beats@2'."""

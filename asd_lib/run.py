@@ -4,7 +4,7 @@ Each system is the ordered notebooks under ``notebooks/`` executed with the merg
 ``params/base.yaml`` + ``params/<system>.yaml`` + the overlays given with ``--params`` (see ``asd_lib.params``).
 Stages shared by the online and offline systems of one data regime (data, fine-tuning, embeddings, raw scores)
 run once per regime under ``results/<regime>/``; normalisation, fusion and submission run per system under
-``results/<system>/`` (DESIGN.md, "Stages shared between systems"). A stage is reused when nothing it depends on
+``results/<system>/`` (docs/design.md, "Stages shared between systems"). A stage is reused when nothing it depends on
 changed: its injected parameters, its notebook's source, the library modules it loads (``provenance.code_digest``),
 its upstream stages, and the files under ``data_root`` when it declares that parameter (``provenance.data_digest``).
 The runner says why each stage runs; ``--force`` reruns it. ``--only`` refuses to run over an earlier stage that is

@@ -3,7 +3,7 @@
 Introduced in notebooks 03a-03d (KNN, GMM, autoencoder, LDN). Every scorer is a scikit-learn estimator:
 ``fit(X)`` on one machine's training embeddings, ``decision_function(X)`` where HIGHER = MORE ANOMALOUS
 (note: the opposite of sklearn's outlier-detector sign convention). Facts (formulas, constants) follow
-REFERENCE.md section 6: the paper's authors' code (AAU) and the LDN reference (Wilkinghoff et al., MERL code).
+docs/reference.md §6: the paper's authors' code (AAU) and the LDN reference (Wilkinghoff et al., MERL code).
 
 - ``KNNScorer``: cosine distance to the k-th (or mean of k) nearest training embeddings, one bank or one per domain.
 - ``GMMScorer``: negative log-likelihood under a diagonal Gaussian mixture.
@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 SCORER_IDS = ("knn", "gmm", "ae", "ldn")
-# The authors held out 195 of 990 source and 5 of 10 target training clips (REFERENCE section 7).
+# The authors held out 195 of 990 source and 5 of 10 target training clips (docs/reference.md §7).
 HOLDOUT_FRACTIONS = (195 / 990, 5 / 10)
 # Fraction held out when training clips carry no domain.
 HOLDOUT_FRACTION_NO_DOMAIN = 200 / 1000
@@ -434,7 +434,7 @@ def train_autoencoders(
 ) -> list[dict[str, Any]]:
     """Train one authors'-style AE per dataset (each (n_i, D)), stacking same-shaped ones into one batched model.
 
-    Each AE follows the authors' recipe (REFERENCE section 6): D -> H -> bottleneck -> H -> D with H = max(D//2,
+    Each AE follows the authors' recipe (docs/reference.md §6): D -> H -> bottleneck -> H -> D with H = max(D//2,
     2*bottleneck), LeakyReLU(0.1), spectral norm on the first three Linears, MSE loss, AdamW(lr, wd), batch 64,
     seeded init and shuffling (same random draws as their DataLoader), early stop when the epoch-mean training
     loss has not improved by ``min_delta`` for ``patience`` epochs. Stacked models are independent: the loss is a
@@ -820,7 +820,7 @@ def make_scorer(scorer_id: str, preprocess: str = "aau", seed: int = 0, device: 
                 **params: Any) -> BaseEstimator:
     """The kit's default estimator for a scorer id ('knn', 'gmm', 'ae', 'ldn'), optionally behind AAUPreprocess.
 
-    Defaults follow the authors (DESIGN defaults): KNN k=6 'max', GMM 6 diag, AE as REFERENCE section 6, LDN =
+    Defaults follow the authors (docs/design.md, Defaults): KNN k=6 'max', GMM 6 diag, AE as docs/reference.md §6, LDN =
     their un-normalised GWRP (r 0.98) on RAW embeddings (the preprocessing is never applied to LDN, as they did).
     ``seed`` is the run's seed: the random states are ``SCORER_SEED + seed``, so seed 0 gives the authors' 42.
     """

@@ -1,6 +1,6 @@
 """DCASE Task 2 submission files in the organisers' format, decision rules, and the per-system folder layout.
 
-Per machine and section two headerless CSVs, one row per test clip (REFERENCE.md §2):
+Per machine and section two headerless CSVs, one row per test clip (docs/reference.md §2):
 
     anomaly_score_<machine>_section_<NN>_test.csv     <wav name>,<score>     (higher = more anomalous)
     decision_result_<machine>_section_<NN>_test.csv   <wav name>,<0|1>       (1 = anomalous)
@@ -23,7 +23,7 @@ import numpy as np
 
 from asd_lib.metrics import atomic_write_text, read_decisions, read_scores
 
-#: decision rules a system can name (DESIGN.md "Defaults")
+#: decision rules a system can name (docs/design.md "Defaults")
 DECISION_RULES = ("threshold", "gamma", "quantile", "rank-0.5", "aau-minmax")
 
 
@@ -166,3 +166,78 @@ def check_submission(out_dir: str | os.PathLike, machines: Sequence[str], sectio
             if want != got:
                 raise ValueError(f"{Path(out_dir) / score_file_name(m, section)}: {len(want - got)} clip(s) missing, "
                                  f"{len(got - want)} extra, e.g. {sorted(want ^ got)[:3]}")
+
+
+def meta_template(label: str, system: str, params: dict, dev_result=None) -> dict:
+    """The organisers' system metadata (``<label>.meta.yaml``) with what the kit knows filled in, and ``TODO`` where
+    only the team can answer (authors, affiliation, the technical report). ``dev_result``: the system's
+    ``metrics.EvaluationResult`` on the development set, reported under ``results``."""
+    todo = "TODO"
+    meta: dict = {
+        "submission": {
+            "label": label,
+            "name": f"asd-kit {system}: fine-tuned BEATs + SSLAM ensemble, {params.get('fusion_mode', '?')} fusion",
+            "abbreviation": system,
+            "authors": [{"lastname": todo, "firstname": todo, "email": todo, "corresponding": True,
+                         "affiliation": {"institution": todo, "department": todo, "location": todo}}],
+        },
+        "system": {
+            "description": {
+                "input_sampling_rate": "16kHz",
+                "input_channels": "two (each channel a training sample; scoring uses "
+                                  f"{params.get('channel', 'ch0')})",
+                "acoustic_features": "128-bin Kaldi log-mel filterbank, 25 ms window, 10 ms shift",
+                "data_augmentation": f"circular time shift up to {params.get('time_shift', 0)} of the clip" + (
+                    f"; Gaussian noise at {params.get('noise_snr_db')} dB SNR with probability {params['noise_prob']}"
+                    if params.get("noise_prob") else ""),
+                "machine_learning_method": ("self-supervised transformers (BEATs, SSLAM) fine-tuned with an ArcFace "
+                                            "auxiliary classifier on machine, section, domain, attribute and channel "
+                                            "classes; KNN, GMM, autoencoder and local-density-normalised KNN scorers "
+                                            f"per backbone; {params.get('fusion_mode', '?')} normalisation, mean "
+                                            f"over backbones, {params.get('fusion_pool', 'min')} over scorers"),
+                "ensemble": list(params.get("ensemble", [])),
+            },
+            "pre_trained_models": [params.get("beats_checkpoint", todo), params.get("sslam_checkpoint", todo)],
+            "source_code": todo,
+        },
+        "technical_report": todo,
+    }
+    if dev_result is not None:
+        rows = dev_result.table
+        meta["results"] = {"development_dataset": {
+            "official_score": round(float(dev_result.official_score), 6),
+            "per_machine": {str(r["machine"]): {"auc_source": round(float(r["AUC (source)"]), 6),
+                                                "auc_target": round(float(r["AUC (target)"]), 6),
+                                                "pauc": round(float(r["pAUC"]), 6)} for _, r in rows.iterrows()}}}
+    return meta
+
+
+def write_package(csv_dir: str | os.PathLike, root: str | os.PathLike, team: str, index: int, meta: dict
+                  ) -> Path:
+    """The organisers' submission package of one system: ``root/teams/<team>/<label>/`` holding every machine's two
+    CSVs from ``csv_dir`` and ``<label>.meta.yaml``, where ``team`` is ``<Lastname>_<Institute>`` and the label is
+    ``<Lastname>_<Institute>_task2_<index>``. Every score file needs its decision file and the reverse; the package
+    is rebuilt from scratch each time. Returns the system's folder."""
+    import shutil
+
+    import yaml
+
+    last, _, institute = team.partition("_")
+    label = system_label(last, institute, index)
+    src = Path(csv_dir)
+    scores = sorted(src.glob("anomaly_score_*_section_*_test.csv"))
+    if not scores:
+        raise ValueError(f"{src}: no anomaly_score_<machine>_section_<NN>_test.csv files to package")
+    for f in scores:
+        if not (src / f.name.replace("anomaly_score_", "decision_result_", 1)).is_file():
+            raise ValueError(f"{f}: no decision file beside it; every machine needs both CSVs")
+    out = Path(root) / "teams" / f"{last}_{institute}" / label
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for f in scores:
+        for name in (f.name, f.name.replace("anomaly_score_", "decision_result_", 1)):
+            shutil.copyfile(src / name, out / name)
+    meta = {**meta, "submission": {**meta.get("submission", {}), "label": label}}
+    atomic_write_text(out / f"{label}.meta.yaml", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True))
+    return out

@@ -3,7 +3,7 @@
 Each table keeps the paper's layout (one row per machine, then the overall mean and the score) and shows three
 blocks side by side for every system: the kit's numbers with the OFFICIAL DCASE metric (AUC per domain against
 all anomalies; the official score is the harmonic mean of 21 numbers), the kit's numbers with the PAPER-STYLE
-metric (AUC per domain with that domain's anomalies only; Omega = harmonic mean of 14 numbers, REFERENCE §2), and
+metric (AUC per domain with that domain's anomalies only; Omega = harmonic mean of 14 numbers, docs/reference.md §2), and
 the paper's own printed numbers, labelled "paper". With several seeds a cell reads ``mean ± sd`` and
 :func:`spread_notes` says which differences between systems are smaller than their seed spread.
 Introduced in ``notebooks/05_results_tables.ipynb``.
@@ -168,14 +168,14 @@ def _cell(mean: float, sd: float, n: int, scale: float, digits: int) -> str:
 
 
 def layout(agg: pd.DataFrame, labels: Mapping[str, str], scale: float = 100.0, digits: int = 2,
-           machines: Sequence[str] = MACHINES) -> pd.DataFrame:
+           machines: Sequence[str] = MACHINES, blocks: Sequence[str] = BLOCKS) -> pd.DataFrame:
     """The paper's layout: rows = machines + overall mean + score, columns = (system, block, AUC|pAUC), text cells.
 
     The "Score" row holds the official score (official block), Omega (paper-style block) or the paper's Omega,
     written under AUC; its pAUC cell is empty, as in the paper.
     """
     rows = [*machines, MEAN_ROW, SCORE_ROW]
-    cols = pd.MultiIndex.from_tuples([(labels[s], b, m) for s in labels for b in BLOCKS for m in ("AUC", "pAUC")],
+    cols = pd.MultiIndex.from_tuples([(labels[s], b, m) for s in labels for b in blocks for m in ("AUC", "pAUC")],
                                      names=["system", "block", "metric"])
     out = pd.DataFrame("", index=pd.Index(rows, name="machine"), columns=cols)
     for r in agg.itertuples(index=False):
@@ -193,6 +193,16 @@ def table1(tidy: pd.DataFrame, with_paper: bool = True) -> pd.DataFrame:
     """Table 1 (four systems, percent) in the paper's layout from :func:`collect`'s tidy rows."""
     frames = [tidy, paper_rows("table1")] if with_paper else [tidy]
     return layout(aggregate(pd.concat(frames, ignore_index=True)), SYSTEM_LABELS, 100.0, 2)
+
+
+EVAL_SYSTEMS = ("devadd_online", "devadd_offline")  # the systems that score the evaluation set
+
+
+def table1_eval(tidy: pd.DataFrame, machines: Sequence[str]) -> pd.DataFrame:
+    """Table 1's evaluation-set block: the DEV+ADD systems on the additional machines' test clips (percent). The
+    paper reports no evaluation-set numbers, so there is no paper column."""
+    labels = {s: SYSTEM_LABELS[s] for s in EVAL_SYSTEMS}
+    return layout(aggregate(tidy), labels, 100.0, 2, machines=machines, blocks=("official", "paper-style"))
 
 
 def table2(tidy: pd.DataFrame, with_paper: bool = True) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Fine-tuning and extraction speed on CPU, printed beside the demo budget (DESIGN: four systems in 15 minutes).
+"""Fine-tuning and extraction speed on CPU, printed beside the demo budget (docs/design.md: four systems in 15 minutes).
 
     python benchmarks/bench_finetune.py [--data DIR_OF_SMALL_PRESET] [--threads 2] [--skip-base]
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-BUDGET_S = 15 * 60  # DESIGN: `make demo`, all four systems
+BUDGET_S = 15 * 60  # docs/design.md: `make demo`, all four systems
 
 
 def _small_data(path: str | None) -> Path:

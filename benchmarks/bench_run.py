@@ -1,4 +1,4 @@
-"""Per-stage times of the last runner invocation against the demo budget (DESIGN.md "Budgets").
+"""Per-stage times of the last runner invocation against the demo budget (docs/design.md "Budgets").
 
     python benchmarks/bench_run.py                      # reads results/*/timings.csv (the last `make demo`)
     python benchmarks/bench_run.py --results results/smoke --budget 600

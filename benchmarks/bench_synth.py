@@ -1,7 +1,7 @@
 """Benchmark of the synthetic data: generation time of a preset, and how hard it is for fixed features.
 
 Difficulty check: deliberately simple detectors on channel 0 (near mic) and channel 1 (far mic), scored with the
-official DCASE metric (../shared/REFERENCE.md section 2: AUC(source) and AUC(target) with all anomalies as
+official DCASE metric (docs/reference.md §2: AUC(source) and AUC(target) with all anomalies as
 positives, pAUC over all clips with sklearn's roc_auc_score(max_fpr=0.1), and the harmonic mean of the three):
 - "euclid64": log-mel mean + std over time (64 mels, n_fft 1024, hop 512), standardised on the training clips,
   score = Euclidean distance to the nearest training clip;

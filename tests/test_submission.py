@@ -86,3 +86,27 @@ def test_labels_and_layout(tmp_path):
     S.check_submission(p, ["fan"], expected_names={"fan": ["x/a.wav", "b.wav"]})
     with pytest.raises(ValueError, match="missing"):
         S.check_submission(p, ["fan"], expected_names={"fan": ["a.wav", "b.wav", "c.wav"]})
+
+
+def test_evaluation_set_package_is_complete_and_the_evaluator_reads_it(tiny_data, tmp_path):
+    import yaml
+
+    from asd_lib.data import ADD_MACHINES, scan
+
+    ev = scan(tiny_data)
+    ev = ev[ev["set"] == "eval"]
+    assert sorted(ev["machine"].unique()) == sorted(ADD_MACHINES)
+    rng = np.random.default_rng(0)
+    for machine, g in ev.groupby("machine"):
+        S.write_submission(tmp_path / "csv", machine, g["file_name"], rng.random(len(g)), rng.integers(0, 2, len(g)))
+    meta = S.meta_template("", "devadd_offline", {"fusion_mode": "offline", "ensemble": ["beats@2", "sslam@1"]})
+    pkg = S.write_package(tmp_path / "csv", tmp_path / "package", "Doe_KitLab", 1, meta)
+    assert pkg == tmp_path / "package" / "teams" / "Doe_KitLab" / "Doe_KitLab_task2_1"
+    assert len(list(pkg.glob("anomaly_score_*.csv"))) == len(list(pkg.glob("decision_result_*.csv"))) == 5
+    written = yaml.safe_load((pkg / "Doe_KitLab_task2_1.meta.yaml").read_text())
+    assert written["submission"]["label"] == "Doe_KitLab_task2_1" and written["submission"]["authors"][0]["email"] == "TODO"
+    res = M.evaluate_submission(pkg, tiny_data / "ground_truth", ci=False)  # the organisers' labels read it
+    assert sorted(res.table["machine"]) == sorted(ADD_MACHINES) and 0 < res.official_score < 1
+    (tmp_path / "csv" / "decision_result_Sander_section_00_test.csv").unlink()
+    with pytest.raises(ValueError, match="no decision file"):
+        S.write_package(tmp_path / "csv", tmp_path / "package", "Doe_KitLab", 1, meta)

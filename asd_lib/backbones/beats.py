@@ -1,4 +1,4 @@
-"""BEATs encoder (our own implementation from the architecture facts in ../shared/REFERENCE.md section 4).
+"""BEATs encoder (our own implementation from the architecture facts in docs/reference.md §4).
 
 Facts used (from the BEATs paper and the structure of the official unilm checkpoints; no code copied):
 

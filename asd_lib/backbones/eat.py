@@ -1,4 +1,4 @@
-"""EAT / SSLAM encoder (our own implementation from the architecture facts in ../shared/REFERENCE.md section 4).
+"""EAT / SSLAM encoder (our own implementation from the architecture facts in docs/reference.md §4).
 
 SSLAM (Self-Supervised Learning from Audio Mixtures) has EAT's exact architecture, which is the data2vec-2.0
 ``data2vec_multi`` image model applied to a (frames, 128) fbank. Facts used:

@@ -1,6 +1,6 @@
 """Log-mel filterbank front ends of BEATs and EAT/SSLAM (torchaudio's Kaldi-compatible fbank).
 
-Recipes (facts from ../shared/REFERENCE.md section 4 and the test-vector READMEs):
+Recipes (facts from docs/reference.md §4 and the test-vector READMEs):
 
 - ``"beats"``: wave * 2**15; Kaldi fbank with 128 bins, 25 ms / 10 ms, Povey window, all other defaults;
   then (x - 15.41663) / (2 * 6.55582). No padding, no mean removal.

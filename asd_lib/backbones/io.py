@@ -1,6 +1,6 @@
 """Checkpoint formats: detect, load and save BEATs (unilm) and EAT/SSLAM (fairseq .pt, Hugging Face folder).
 
-Formats (facts from ../shared/REFERENCE.md section 4 and the test-vector READMEs):
+Formats (facts from docs/reference.md §4 and the test-vector READMEs):
 
 - unilm BEATs: ``torch.save({'cfg': flat BEATsConfig dict, 'model': state_dict})``; fine-tuned files add
   ``finetuned_model=True``, ``predictor.*`` and ``label_dict``.

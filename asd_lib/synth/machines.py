@@ -3,7 +3,7 @@
 Each machine is a function ``(rng, n, sr, attrs, domain, fault, sev) -> dry (n,)``: the machine as a
 near microphone would hear it, before the room. ``attrs`` are the clip's attribute pairs (dict),
 ``fault`` is None for a normal clip or one of ``FAULTS[machine]``, ``sev`` in (0, 1] its severity.
-Physics follows ../shared/SYNTH_NOTES.md (rotation harmonics, bearing defect frequencies, gear mesh and
+Physics follows docs/synth_notes.md (rotation harmonics, bearing defect frequencies, gear mesh and
 sidebands, blade-pass tones, stroke mechanics, valve transients). Levels are absolute (not normalised
 per clip), so faults that change loudness stay visible.
 """

@@ -1,6 +1,6 @@
 """Two microphones in a noisy factory hall: near mic (channel 0) and far mic (channel 1).
 
-Physics (../shared/SYNTH_NOTES.md): the far mic hears the machine delayed (distance / 343 m/s),
+Physics (docs/synth_notes.md): the far mic hears the machine delayed (distance / 343 m/s),
 attenuated (about 1/r), low-passed by air and distance, and convolved with a room response (early
 reflections + an exponential tail with the room's RT60), plus diffuse factory noise that is coherent
 between the two mics at low frequency and incoherent at high frequency, with hums, another machine,
