@@ -10,7 +10,8 @@ from asd_lib import provenance as V
 def test_imports_are_followed_through_the_package_and_relative_imports():
     mods = V.module_closure("import numpy as np\n%matplotlib inline\nfrom asd_lib import fusion, plots as pl\n")
     assert {"asd_lib", "asd_lib.fusion", "asd_lib.plots"} <= set(mods)
-    assert "asd_lib.finetune" not in mods and "asd_lib.synth.core" not in mods
+    assert "asd_lib.finetune" not in mods and "asd_lib.backbones" not in mods
+    assert V.module_closure("from asd_lib.fsutil import temp_dir") == ["asd_lib", "asd_lib.fsutil"]
     synth = V.module_closure("from asd_lib.synth import generate")
     assert {"asd_lib.synth", "asd_lib.synth.core", "asd_lib.synth.dsp", "asd_lib.synth.machines"} <= set(synth)
     lazy = V.imported_modules("def f():\n    from asd_lib.embed import pool_tokens\n    import asd_lib.data\n")
