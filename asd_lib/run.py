@@ -25,6 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+import yaml
+
 from asd_lib import params as P
 from asd_lib import provenance
 from asd_lib.fsutil import FolderBusy, folder_lock
@@ -434,6 +436,56 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = ROOT / per_system[s]["results_dir"] / s / "timings.csv"
             runner.log.write_csv(out)
     return status
+
+
+
+# asd-params: the merged parameters of a system, for papermill -f
+def params_main(argv: list[str] | None = None) -> int:
+    """``asd-params --system S [--params YAML ...] [--notebook NAME] [--out FILE]``: print the merged parameters."""
+    ap = argparse.ArgumentParser(
+        prog="asd-params", description="Print the merged parameters of a system (base.yaml, then <system>.yaml, "
+        "then the overlays; later wins) as YAML, checked as the runner checks them, for `papermill -f`.",
+        epilog="example:\n  asd-params --system dev_offline --params params/demo.yaml --notebook 04 --out p.yaml\n"
+               "  papermill notebooks/04_normalise_and_fuse.ipynb out.ipynb -f p.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--system", required=True, help=f"one of {', '.join(P.SYSTEMS)}")
+    ap.add_argument("--params", nargs="+", action="extend", default=[], metavar="YAML",
+                    help="overlay files merged after base.yaml and <system>.yaml, in order")
+    ap.add_argument("--notebook", default=None, metavar="NAME",
+                    help="only the parameters this notebook declares (a name or its number prefix, e.g. 04), "
+                         "converted to its types, as the runner injects them")
+    ap.add_argument("--sources", action="store_true", help="add a comment with the file that set each value")
+    ap.add_argument("--out", default=None, metavar="FILE", help="write the YAML here instead of printing it")
+    args = ap.parse_args(argv)
+    try:
+        prm = P.load(args.system, args.params)
+        declared = all_declared()
+        P.validate(prm, declared)
+        values = dict(prm.values)
+        if args.notebook:
+            stem = args.notebook.removesuffix(".ipynb")
+            names = ([n for n in declared if n.removesuffix(".ipynb") == stem]
+                     or [n for n in declared if n.split("_")[0] == stem]
+                     or [n for n in declared if n.startswith(stem)])
+            if len(names) != 1:
+                raise P.ParamsError(f"--notebook {args.notebook!r} matches {names or 'no notebook'}; choose one of "
+                                    + ", ".join(n.removesuffix('.ipynb') for n in declared))
+            values = P.inject(prm, declared[names[0]])
+    except (P.ParamsError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    lines = []
+    for key, value in values.items():
+        text = yaml.safe_dump({key: value}, default_flow_style=True, width=10_000).strip()
+        text = text[1:-1] if text.startswith("{") else text  # one `key: value` line per parameter
+        lines.append(text + (f"  # {prm.sources.get(key, '?')}" if args.sources else ""))
+    out = "\n".join(lines) + "\n"
+    if args.out:
+        atomic_write(args.out, out)
+        print(f"{len(values)} parameters -> {args.out}")
+    else:
+        print(out, end="")
+    return 0
 
 
 if __name__ == "__main__":

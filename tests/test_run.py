@@ -233,12 +233,12 @@ def test_a_second_runner_on_the_same_results_folder_refuses(tmp_path: Path):
 
 
 def test_asd_params_prints_what_the_runner_would_inject(tmp_path: Path, capsys):
-    assert P.main(["--system", "dev_online", "--params", SMOKE, "--notebook", "04", "--sources"]) == 0
+    assert run.params_main(["--system", "dev_online", "--params", SMOKE, "--notebook", "04", "--sources"]) == 0
     text = capsys.readouterr().out
     merged = yaml.safe_load(text)
     declared = run.all_declared()["04_normalise_and_fuse.ipynb"]
     assert merged == P.inject(P.load("dev_online", [SMOKE]), declared) and merged["fusion_mode"] == "online"
     assert "# params/dev_online.yaml" in text
     bad = _overlay(tmp_path, "bad.yaml", {"no_such_key": 1})
-    assert P.main(["--system", "dev_online", "--params", bad]) == 2
+    assert run.params_main(["--system", "dev_online", "--params", bad]) == 2
     assert "no_such_key" in capsys.readouterr().err
