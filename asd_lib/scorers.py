@@ -44,6 +44,7 @@ from sklearn.preprocessing import QuantileTransformer
 from sklearn.preprocessing import normalize as sk_normalize
 from sklearn.utils.validation import check_is_fitted
 
+from asd_lib.embed import embedding_path
 from asd_lib.fsutil import atomic_savez
 
 __all__ = [
@@ -995,3 +996,23 @@ def _score_ae_batched(jobs: list[dict[str, Any]]) -> list[Path]:
                          calib_kind=np.array("holdout"))
         written.append(job["out"])
     return written
+
+
+def raw_score_aucs(score_root: str | Path, emb_root: str | Path, models: Sequence[str], channel: str,
+                   scorer: str) -> "pd.DataFrame":
+    """AUC of one scorer's raw test scores per machine (rows) and model (columns), all test clips of both domains.
+    Machines without labels (the evaluation set of a DEV+ADD regime) are left out."""
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    rows = []
+    for model in models:
+        for f in sorted((Path(score_root) / model / channel / scorer).glob("*.npz")):
+            with np.load(embedding_path(emb_root, model, channel, f.stem, "test"), allow_pickle=False) as e, \
+                    np.load(f, allow_pickle=False) as z:
+                y, s = e["labels"], z["test"]
+            if (y < 0).any():  # unlabelled clips: the evaluation set
+                continue
+            rows.append({"model": model, "machine": f.stem, "AUC": roc_auc_score(y, s)})
+    return pd.DataFrame(rows, columns=["model", "machine", "AUC"]).pivot(index="machine", columns="model",
+                                                                         values="AUC")

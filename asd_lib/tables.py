@@ -314,10 +314,16 @@ def write(table: pd.DataFrame, tidy: pd.DataFrame, out_dir: str | os.PathLike, s
 def evaluate_fused(fused: Mapping[str, pd.DataFrame], out_dir: str | os.PathLike,
                    ground_truth: str | os.PathLike | None = None) -> dict[str, float]:
     """Write fused scores ({machine: DataFrame(names, score, decision)}) as a submission in ``out_dir``, evaluate it,
-    and return the official score, the paper-style Omega, mean AUCs (official), mean pAUC and mean F1 (fractions)."""
+    and return the official score, the paper-style Omega, mean AUCs (official), mean pAUC and mean F1 (fractions).
+
+    Without ``ground_truth`` only the development-set machines count (a DEV+ADD regime also fuses the evaluation
+    set, whose names carry no labels)."""
     from asd_lib import metrics, submission
+    from asd_lib.data import DEV_MACHINES
 
     out = Path(out_dir)
+    if ground_truth is None:
+        fused = {m: df for m, df in fused.items() if m in DEV_MACHINES}
     for machine, df in fused.items():
         submission.write_submission(out, machine, df["names"], df["score"], df["decision"])
     res = metrics.evaluate_submission(out, ground_truth, machines=list(fused), ci=False)
