@@ -10,10 +10,10 @@ export MPLBACKEND := Agg
 
 .PHONY: demo test venv lab notebooks clean-notebooks check-notebooks pretrain
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install --upgrade pip
-	$(VPY) -m pip install -e '.[dev]'
+	$(VPY) -m pip install -c constraints.txt -e '.[dev]'
 	$(VPY) -m ipykernel install --sys-prefix --name asd-kit --display-name "Python 3 (asd-kit)"
 	$(VENV)/bin/jupyter trust notebooks/*.ipynb
 	touch $(STAMP)
