@@ -544,7 +544,7 @@ def _sample_table(train_rows, classes: list[str], cfg: FinetuneConfig):
 
 
 def add_wave_noise(wave: np.ndarray, rng: np.random.Generator, std: float, snr_db: Sequence[float] | None,
-                prob: float) -> np.ndarray:
+                   prob: float) -> np.ndarray:
     """Gaussian noise on one waveform (T,): fixed ``std``, or at an SNR drawn uniformly from ``snr_db`` (dB, relative
     to the clip's power), applied with probability ``prob``. Draws come from the sample's own generator."""
     apply = rng.random() < prob
@@ -838,6 +838,12 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
                     with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
                         logits, cos = ddp_model(x, y)
                     ce = F.cross_entropy(logits, y, reduction="sum")
+                    if not torch.isfinite(ce):  # stop before a non-finite step reaches the weights or a checkpoint
+                        names = sorted({clips[int(samples[i][0])].file_name for i in ids})
+                        raise FloatingPointError(
+                            f"[finetune] the loss is {float(ce)} at epoch {epoch}, micro-batch {mi} (clips: "
+                            f"{', '.join(names[:4])}{' ...' if len(names) > 4 else ''}); nothing of this epoch "
+                            f"was saved. Lower the learning rates, or check those clips")
                     loss = ce * world / global_count / group_len
                     loss.backward()
                 epoch_sums[0] += float(ce.detach())

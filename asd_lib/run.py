@@ -244,7 +244,9 @@ class Runner:
         if not record or not (out.is_file() or self.dry_run):
             return "no finished run"
         parts = self._parts(name, params, upstream)
-        old = record.get("parts") or {}
+        old = record.get("parts")
+        if old is None:
+            return "recorded by an older version of the runner"
         if old.get("params") != parts["params"]:
             return "parameters changed"
         if old.get("source") != parts["source"]:

@@ -348,3 +348,11 @@ def test_a_finished_run_refuses_to_skip_what_it_was_asked_for(dev_manifest, tmp_
     (ckpt / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot be read as a resume state"):
         finetune(dev_manifest, "beats-tiny", tmp_path, keep_epochs=[2], **kw)
+
+
+def test_a_non_finite_loss_stops_training_and_names_the_clips(dev_manifest, tmp_path):
+    kw = dict(_FAST, machines=["fan"], epochs=2, keep_epochs=[1, 2])
+    kw.update(lr_backbone=1e30, lr_head=1e30, grad_clip=0.0)  # weights blow up after the first step
+    with pytest.raises(FloatingPointError, match=r"the loss is .* \(clips: section_00_"):
+        finetune(dev_manifest, "beats-tiny", tmp_path, **kw)
+    assert not list((tmp_path / "checkpoints").rglob("epoch_00[12].pt"))  # nothing of a broken epoch is kept
