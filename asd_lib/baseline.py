@@ -24,6 +24,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from asd_lib import progress
+
 N_FFT, HOP, N_MELS, FRAMES, POWER = 1024, 512, 128, 5, 2.0
 SAMPLE_RATE = 16000
 SCORES = ("MAHALA", "MSE")
@@ -337,7 +339,7 @@ def run_baseline(data: str | os.PathLike | pd.DataFrame, machines: Sequence[str]
                                                                                         "machine"]))
     out = Path(out_dir)
     info: dict = {"dirs": {s: out / s for s in scores}, "machines": {}}
-    for mi, mach in enumerate(machines):
+    for mi, mach in enumerate(progress.bar(machines, desc="baseline machines")):
         t0 = time.time()
         rows = man[man["machine"] == mach]
         tr = rows[rows["split"] == "train"].sort_values("file_name")

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from asd_lib.fsutil import atomic_savez, file_sha256
+from asd_lib.progress import bar
 
 __all__ = ["POOLINGS", "CHANNELS", "pool_tokens", "gem_pool", "embed_paths", "extract_embeddings",
            "load_embeddings", "embedding_path"]
@@ -110,7 +111,6 @@ def embed_paths(encoder: Any, paths: Sequence[str], channel: str = "ch0", poolin
     the encoder in eval mode (restored afterwards).
     """
     import torch
-    from tqdm.auto import tqdm
 
     from asd_lib.data import load_clip
 
@@ -144,8 +144,7 @@ def embed_paths(encoder: Any, paths: Sequence[str], channel: str = "ch0", poolin
         encoder.to(device)
     try:
         with (torch.inference_mode() if inference_mode else torch.no_grad()):
-            off = not progress or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
-            for b in tqdm(batches, desc=desc, disable=off, leave=False):
+            for b in bar(batches, desc=desc, enabled_=progress):
                 n = lengths[b[0]]
                 waves = []
                 for i in b:

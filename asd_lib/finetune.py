@@ -55,6 +55,7 @@ import torch.nn.functional as F
 
 from asd_lib.embed import POOLINGS, pool_tokens
 from asd_lib.fsutil import atomic_torch_save, atomic_write_text, file_sha256, folder_lock
+from asd_lib.progress import bar as progress_bar
 
 __all__ = [
     "ArcFaceHead",
@@ -336,11 +337,6 @@ def _set_rng_state(st: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def _progress_on(progress: bool) -> bool:
-    """Progress bars on unless asked off or TQDM_DISABLE is set (tests, papermill)."""
-    return bool(progress) and os.environ.get("TQDM_DISABLE", "").lower() not in ("1", "true", "yes")
-
-
 def _dist_info() -> tuple[int, int, int]:
     import torch.distributed as dist
 
@@ -456,8 +452,6 @@ def cache_fbank(train_rows, encoder: nn.Module, cache_dir: str | Path, duration:
     Returns {machine: (array (n_clips, len(channels), frames, bins) memory-mapped, file names)}. A cache entry is
     trusted only when its JSON sidecar (written last) names exactly these clips, duration and channels.
     """
-    from tqdm.auto import tqdm
-
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     n_samples = int(round(duration * SAMPLE_RATE))
@@ -481,8 +475,7 @@ def cache_fbank(train_rows, encoder: nn.Module, cache_dir: str | Path, duration:
         arr = None
         tmp = cache_dir / f".{stem}.npy.tmp{os.getpid()}"
         with torch.inference_mode():
-            for i in tqdm(range(0, len(paths), batch_size), desc=f"fbank {machine}",
-                          disable=not _progress_on(progress)):
+            for i in progress_bar(range(0, len(paths), batch_size), desc=f"fbank {machine}", enabled_=progress):
                 waves = np.stack([_load_channels(p, channels, n_samples) for p in paths[i:i + batch_size]])
                 b, c, t = waves.shape
                 fb = encoder.preprocess(torch.from_numpy(waves.reshape(b * c, t)).to(device)).float().cpu()
@@ -584,7 +577,6 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
     ``epoch_selection``: 'fixed' (keep ``keep_epochs`` + the latest) or 'select-on-test-leaky' (also keep the
     epoch with the best score on the labelled test clips: uses test labels).
     """
-    from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
     from asd_lib.data import class_labels
@@ -823,8 +815,7 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
             micro0 = start_micro if epoch == start_epoch else 0
             if micro0 == 0:
                 epoch_sums = [0.0, 0.0, 0.0]
-            bar = tqdm(range(micro0, n_micro), desc=f"epoch {epoch}/{epochs}",
-                       disable=not (_progress_on(progress) and rank == 0), leave=False)
+            bar = progress_bar(range(micro0, n_micro), desc=f"epoch {epoch}/{epochs}", enabled_=progress and rank == 0)
             optimizer.zero_grad(set_to_none=True)
             for mi in bar:
                 group_start = (mi // accum) * accum

@@ -67,8 +67,6 @@ def setup(seed: int = 0, figures_dir: str | os.PathLike = "figures", threads: in
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*weight_norm.*")
         warnings.filterwarnings("ignore", message="n_quantiles .* is greater than")  # tiny training sets
-        warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto without ipywidgets
-        os.environ.setdefault("TQDM_DISABLE", "1")
     return ROOT
 
 

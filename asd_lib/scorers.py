@@ -44,6 +44,7 @@ from sklearn.preprocessing import QuantileTransformer
 from sklearn.preprocessing import normalize as sk_normalize
 from sklearn.utils.validation import check_is_fitted
 
+from asd_lib import progress
 from asd_lib.embed import embedding_path
 from asd_lib.fsutil import atomic_savez
 
@@ -524,7 +525,7 @@ def _train_ae_group(arrays, seeds, *, bottleneck, hidden, max_epochs, batch_size
             pb = {k: v.detach()[r : r + 1].cpu().numpy().copy() for k, v in params.items()}
             out[b] = {"params": pb, "n_epochs": epochs, "loss_curve": curves[b]}
 
-    for epoch in range(max_epochs):
+    for epoch in progress.bar(range(max_epochs), desc=f"autoencoders x{len(arrays)}"):
         # the same generator draws as DataLoader(shuffle=True, generator=g): base seed, permutation, empty tail
         perms = []
         for b in alive:

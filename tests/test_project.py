@@ -92,3 +92,21 @@ def test_a_regular_install_runs_from_the_kits_folder(tmp_path):
     env["ASD_KIT_ROOT"] = str(ROOT)
     again = subprocess.run([sys.executable, "-P", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_progress_bars_show_in_a_terminal_or_notebook_and_stay_quiet_in_ci(monkeypatch):
+    from asd_lib import progress
+
+    class Tty:
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setattr(sys, "stderr", Tty())
+    assert progress.enabled() and not progress.enabled(False)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert not progress.enabled()  # make test, the runner's papermill stages
+    monkeypatch.delenv("TQDM_DISABLE")
+    monkeypatch.setattr(sys, "stderr", object())  # a log file or CI: no terminal, no kernel
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    assert not progress.enabled()

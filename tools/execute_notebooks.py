@@ -25,6 +25,9 @@ from asd_lib import nbclean  # noqa: E402
 from asd_lib.run import KERNEL, NOTEBOOKS  # noqa: E402
 
 
+os.environ.setdefault("TQDM_DISABLE", "1")  # committed outputs hold no progress widgets (the kernels inherit this)
+
+
 def execute(path: Path, timeout: int = 1800) -> None:
     """Run one notebook top to bottom and write it back cleaned (atomically)."""
     from nbclient import NotebookClient

@@ -29,6 +29,7 @@ from functools import partial
 
 import numpy as np
 
+from ..progress import bar
 from ..synth import dsp, room
 from ..synth.machines import _PRODUCTS, MACHINE_FN
 
@@ -228,14 +229,11 @@ def generate_corpus(n_clips: int, seconds: float = 2.0, seed: int = 0, jobs: int
     audio = np.zeros((n_clips, int(round(seconds * SAMPLE_RATE))), np.float32)
     infos: list[dict] = []
     make = partial(corpus_clip, seed, seconds=seconds)
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None  # as asd_lib.synth does
+    ctx = mp.get_context("spawn")  # as asd_lib.synth does: the same on every platform
     with ProcessPoolExecutor(jobs, mp_context=ctx) if jobs > 1 else nullcontext() as ex:
         clips = ex.map(make, range(n_clips), chunksize=max(1, min(32, n_clips // (4 * jobs)))) if ex \
             else map(make, range(n_clips))
-        if progress:
-            from tqdm.auto import tqdm
-
-            clips = tqdm(clips, total=n_clips, desc="pre-training corpus", unit="clip")
+        clips = bar(clips, total=n_clips, desc="pre-training corpus", unit="clip", enabled_=progress)
         for i, (x, info) in enumerate(clips):
             audio[i] = x
             infos.append(info)

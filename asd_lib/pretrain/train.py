@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from asd_lib.fsutil import atomic_torch_save, atomic_write_text, file_sha256
+from asd_lib.progress import bar as progress_bar
 
 ENCODERS = {"beats": ("beats-tiny", "beats", "beats_kit.pt"), "sslam": ("sslam-tiny", "eat", "sslam_kit.pt")}
 
@@ -117,7 +118,6 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path = "checkpoints", work_dir:
     ``stop_after``: leave after this many steps of this call (the state is saved), for tests and notebooks.
     """
     import torch
-    from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
     if cfg.encoder not in ENCODERS:
@@ -150,7 +150,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path = "checkpoints", work_dir:
 
     model.train()
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"pretrain {cfg.encoder}", disable=not progress)
+    bar = progress_bar(total=cfg.steps, initial=step, desc=f"pretrain {cfg.encoder}", enabled_=progress)
     while step < end:
         t0 = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, step, 1])

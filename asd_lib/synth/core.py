@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import ADD_MACHINES, ALL_MACHINES
+from .. import progress
 from ..fsutil import replace_dir, temp_dir
 from . import room
 from .machines import FAULT_GAIN, FAULTS, VOCAB, draw_operating_point, run_machine
@@ -316,13 +317,21 @@ def generate(out_dir: str | Path, preset: str = "tiny", seed: int = 0, jobs: int
             jobs = 1 if len(specs) < 800 else min(4, os.cpu_count() or 1)
         chunk = 40
         tasks = [(str(tmp), specs[i:i + chunk]) for i in range(0, len(specs), chunk)]
-        if jobs > 1:
+        bar = progress.bar(total=len(specs), desc=f"synth {preset}", unit="clip")
+        if jobs > 1:  # spawn: the same behaviour on Linux, macOS and Windows (workers import this module)
             import multiprocessing as mp
 
-            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork")) as ex:
-                results = list(ex.map(_write_chunk, tasks))
+            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as ex:
+                results = []
+                for res in ex.map(_write_chunk, tasks):
+                    results.append(res)
+                    bar.update(len(res))
         else:
-            results = [_write_chunk(t) for t in tasks]
+            results = []
+            for t in tasks:
+                results.append(_write_chunk(t))
+                bar.update(len(t[1]))
+        bar.close()
         for m in ALL_MACHINES:
             _write_metadata(tmp, m, [s for s in specs if s.machine == m])
         info = [r for res in results for r in res]
