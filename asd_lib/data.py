@@ -289,6 +289,40 @@ def wav_truncation(path: Path) -> tuple[int, int] | None:
     return None
 
 
+def wav_state(path: str | Path) -> str:
+    """Whether a file is a finished WAV, judged from its RIFF header against its size.
+
+    'complete'; 'recording' (size fields still 0 or 0xFFFFFFFF, as recorders write them until they close the file);
+    'incomplete' (fewer bytes than the header declares: a copy or download still running, or cut short); 'other'
+    (not RIFF/WAVE: left to the reader to refuse).
+    """
+    import struct
+
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12:
+            return "incomplete" if head and b"RIFF".startswith(head[:4]) else "other"
+        if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return "other"
+        riff = struct.unpack("<I", head[4:8])[0]
+        if riff in (0, 0xFFFFFFFF):
+            return "recording"
+        if riff + 8 > size:
+            return "incomplete"
+        pos = 12
+        while pos + 8 <= size:
+            fh.seek(pos)
+            cid, clen = struct.unpack("<4sI", fh.read(8))
+            if cid == b"data":
+                if clen in (0, 0xFFFFFFFF):
+                    return "recording"
+                return "complete" if size - pos - 8 >= clen else "incomplete"
+            pos += 8 + clen + (clen & 1)
+    return "incomplete"
+
+
 def load_clip(
     path: str | Path,
     channels: Sequence[int] | int | None = (0, 1),

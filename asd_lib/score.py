@@ -15,9 +15,11 @@ Input rules (documented choices):
 - shorter than one patch (2800 samples = 16 fbank frames = 0.175 s), silent (peak < 1e-6), NaN/inf samples,
   truncated or non-WAV files, an unknown machine type: an error line, never a score.
 The machine type comes from ``--machine``, else the clip's folder (``<machine>/test/x.wav``) or a name prefix
-(``<machine>_x.wav``). ``--watch`` polls FOLDER (recursively), scores every WAV once when its size and mtime have
-been stable for ``--settle`` seconds, keeps going after errors and stops on Ctrl-C, after ``--max-files`` clips
-(errors count) or after ``--timeout`` seconds. Exit status: 0 all scored, 1 some clip failed, 2 no system.
+(``<machine>_x.wav``). ``--watch`` polls FOLDER (recursively) and scores every WAV once, when its size and mtime
+have been stable for ``--settle`` seconds and its RIFF header agrees with its size. A file still being recorded
+(header sizes 0 or 0xFFFFFFFF) or copied (fewer bytes than its header declares) waits; unchanged for ``--max-wait``
+seconds it gets an error line, and it is tried again when it changes. The watcher keeps going after errors and
+stops on Ctrl-C, after ``--max-files`` clips (errors count) or after ``--timeout`` seconds. Exit status: 0 all scored, 1 some clip failed, 2 no system.
 """
 from __future__ import annotations
 
@@ -63,39 +65,63 @@ def _candidates(folder: Path) -> Iterator[Path]:
 
 
 def watch(system: Any, folder: str | Path, machine: str | None = None, poll: float = 0.5, settle: float = 1.0,
-          max_files: int | None = None, timeout: float | None = None, skip_existing: bool = False) -> tuple[int, int]:
-    """Poll ``folder`` and score each new WAV once its size is stable; returns (scored, failed)."""
+          max_files: int | None = None, timeout: float | None = None, skip_existing: bool = False,
+          max_wait: float = 60.0) -> tuple[int, int]:
+    """Poll ``folder`` and score each new WAV once it is complete and stable; returns (scored, failed).
+
+    A file is scored when its size and mtime have not changed for ``settle`` seconds AND its RIFF header agrees with
+    its size (``data.wav_state``). A file still being recorded (header sizes 0 / 0xFFFFFFFF) or copied (fewer bytes
+    than declared) waits; after ``max_wait`` seconds of no change it gets an error line, and it is tried again as
+    soon as it changes. Files that are not WAV at all go to the reader, which refuses them with an error line.
+    """
+    from asd_lib.data import wav_state
+
     folder = Path(folder)
     if not folder.is_dir():
         raise SystemExit(f"error: watch folder not found: {folder}")
-    done: set[Path] = set(_candidates(folder)) if skip_existing else set()
-    pending: dict[Path, tuple[tuple[int, int], float]] = {}  # path -> ((size, mtime_ns), first seen stable at)
+    done: dict[Path, tuple[int, int] | None] = {p: None for p in _candidates(folder)} if skip_existing else {}
+    retry: set[Path] = set()  # refused as unfinished: tried again when they change
+    pending: dict[Path, tuple[tuple[int, int], float]] = {}  # path -> ((size, mtime_ns), unchanged since)
     scored = failed = 0
     start = time.monotonic()
-    print(f"watching {folder} (poll {poll} s, settle {settle} s); Ctrl-C stops", file=sys.stderr, flush=True)
+    print(f"watching {folder} (poll {poll} s, settle {settle} s, unfinished files wait up to {max_wait} s); "
+          "Ctrl-C stops", file=sys.stderr, flush=True)
     try:
         while True:
             now = time.monotonic()
             for p in _candidates(folder):
-                if p in done:
-                    continue
                 try:
                     st = p.stat()
                 except OSError:
                     continue  # vanished between listing and stat
                 sig = (st.st_size, st.st_mtime_ns)
+                if p in done:
+                    if p not in retry or done[p] == sig:
+                        continue
+                    del done[p]  # an unfinished file changed: look at it again
+                    retry.discard(p)
                 prev = pending.get(p)
                 if prev is None or prev[0] != sig or st.st_size == 0:
                     pending[p] = (sig, now)
                     continue
                 if now - prev[1] < settle:
                     continue
-                pending.pop(p, None)
-                done.add(p)
-                if score_one(system, p, machine):
-                    scored += 1
+                state = wav_state(p)
+                if state in ("recording", "incomplete"):
+                    if now - prev[1] < max_wait:
+                        continue
+                    why = "still being recorded (header sizes not written)" if state == "recording" else \
+                        "shorter than its header declares (a copy still running, or cut short)"
+                    print(f"error: {p}: {why} after {max_wait:g} s unchanged; trying again when it changes",
+                          file=sys.stderr, flush=True)
+                    _emit({"file": str(p), "error": f"{why}; waited {max_wait:g} s", "error_kind": "unfinished"})
+                    retry.add(p)
+                    ok = False
                 else:
-                    failed += 1
+                    ok = score_one(system, p, machine)
+                pending.pop(p, None)
+                done[p] = sig
+                scored, failed = scored + ok, failed + (not ok)
                 if max_files is not None and scored + failed >= max_files:
                     return scored, failed
             if timeout is not None and time.monotonic() - start >= timeout:
@@ -121,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-files", type=int, default=None, help="watch: stop after this many clips")
     ap.add_argument("--timeout", type=float, default=None, help="watch: stop after this many seconds")
     ap.add_argument("--skip-existing", action="store_true", help="watch: ignore files present at start")
+    ap.add_argument("--max-wait", type=float, default=60.0,
+                    help="watch: seconds an unfinished WAV (header sizes not written, or fewer bytes than declared) "
+                         "may stay unchanged before it gets an error line (it is retried when it changes)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N for the encoders")
     ap.add_argument("--expect-classes", default=None, metavar="JSON",
@@ -167,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         failed += not score_one(system, f, args.machine)
     if args.watch:
         _, wf = watch(system, args.watch, args.machine, args.poll, args.settle, args.max_files, args.timeout,
-                      args.skip_existing)
+                      args.skip_existing, args.max_wait)
         failed += wf
     return 1 if failed else 0
 
