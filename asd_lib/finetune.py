@@ -950,14 +950,17 @@ def _write_log(path: Path, rows: list[dict]) -> None:
 
 
 def _prune_checkpoints(ckpt_dir: Path, keep: Sequence[int], latest: int, leaky: dict[int, float]) -> None:
+    """Delete the epoch checkpoints that are neither kept, the latest, nor (leaky selection) among the best scored
+    on the test labels, as many as ``keep`` names; the ranking goes to ``selected_on_test_LEAKY.json``."""
     keep_set = set(int(k) for k in keep) | {latest}
     scored = {e: s for e, s in leaky.items() if s == s}
     if scored:
-        best = max(scored, key=scored.get)
-        keep_set.add(best)
+        ranked = sorted(scored, key=lambda e: (-scored[e], e))[:max(1, len(set(keep)))]
+        keep_set |= set(ranked)
         atomic_write_text(ckpt_dir / "selected_on_test_LEAKY.json",
-                           json.dumps({"epoch": best, "score": scored[best], "scores": scored,
-                                       "warning": "chosen with test labels (the authors' selection): a leak"}))
+                          json.dumps({"epoch": ranked[0], "epochs": ranked, "score": scored[ranked[0]],
+                                      "scores": scored,
+                                      "warning": "chosen with test labels (the authors' selection): a leak"}))
     for p in ckpt_dir.glob("epoch_*.pt"):
         mt = re.fullmatch(r"epoch_(\d+)(\.head)?\.pt", p.name)
         if mt and int(mt.group(1)) not in keep_set:

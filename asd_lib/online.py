@@ -807,7 +807,8 @@ def export_system(out_dir: str | Path, params: Any, *, results_dir: str | Path |
     if results_dir is None and not rdir.is_absolute() and not rdir.exists():
         rdir = P.ROOT / rdir
     lay = P.layout(rdir, regime, vals.get("system", ""))
-    models = P.resolve_ensemble(vals.get("ensemble", []), float(vals.get("epoch_scale", 1.0)))
+    models = lay.models(vals.get("ensemble", []), float(vals.get("epoch_scale", 1.0)),
+                        vals.get("epoch_selection", "fixed"))
     if not models:
         raise ExportError("the params name no models (ensemble is empty)")
     scorer_ids = list(vals.get("scorers", ["knn", "ae", "ldn"]))

@@ -245,6 +245,35 @@ def resolve_ensemble(ensemble: Iterable[str], epoch_scale: float = 1.0) -> list[
     return out
 
 
+LEAKY_SELECTION = "selected_on_test_LEAKY.json"  # written by asd_lib.finetune next to a backbone's checkpoints
+
+
+def ensemble_models(ensemble: Iterable[str], epoch_scale: float = 1.0, epoch_selection: str = "fixed",
+                    checkpoints: str | Path | None = None) -> list[str]:
+    """The ensemble's model ids. 'fixed': ``resolve_ensemble``, no test labels involved. 'select-on-test-leaky' (the
+    authors' choice, a leak): each backbone's epochs replaced by the ones its fine-tuning run scored best on the
+    labelled TEST clips (``<checkpoints>/<backbone>/selected_on_test_LEAKY.json``), as many as the ensemble names."""
+    models = resolve_ensemble(ensemble, epoch_scale)
+    if epoch_selection == "fixed":
+        return models
+    if epoch_selection != "select-on-test-leaky":
+        raise ParamsError(f"epoch_selection must be 'fixed' or 'select-on-test-leaky', got {epoch_selection!r}")
+    if checkpoints is None:
+        raise ParamsError("epoch_selection 'select-on-test-leaky' needs the checkpoints folder")
+    chosen: dict[str, list[int]] = {}
+    for backbone in dict.fromkeys(m.partition("@")[0] for m in models):
+        path = Path(checkpoints) / backbone / LEAKY_SELECTION
+        if not path.is_file():
+            raise ParamsError(f"no {path}: fine-tune with epoch_selection 'select-on-test-leaky' first (notebook 01)")
+        ranked = [int(e) for e in json.loads(path.read_text())["epochs"]]
+        n = sum(m.partition("@")[0] == backbone for m in models)
+        if len(ranked) < n:
+            raise ParamsError(f"{path} ranks {len(ranked)} epoch(s); the ensemble names {n} of {backbone}")
+        chosen[backbone] = sorted(ranked[:n])
+    picks = {b: iter(v) for b, v in chosen.items()}
+    return [f"{m.partition('@')[0]}@{next(picks[m.partition('@')[0]])}" for m in models]
+
+
 def training_plan(models: Iterable[str]) -> dict[str, list[int]]:
     """Backbone id -> sorted epochs to keep, from resolved model ids (each backbone trains to its last epoch)."""
     plan: dict[str, list[int]] = {}
@@ -307,6 +336,10 @@ class Layout:
     def package(self) -> Path:
         """results/<system>/package/teams/<team>/<label>/: the evaluation set packaged for the organisers."""
         return self.system_dir / "package"
+
+    def models(self, ensemble: Iterable[str], epoch_scale: float = 1.0, epoch_selection: str = "fixed") -> list[str]:
+        """The ensemble's model ids for this run (``ensemble_models`` with this regime's checkpoints)."""
+        return ensemble_models(ensemble, epoch_scale, epoch_selection, self.checkpoints)
 
     def checkpoint(self, model_id: str) -> Path:
         """Checkpoint file of a model id such as 'beats@2'."""

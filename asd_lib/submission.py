@@ -168,6 +168,11 @@ def check_submission(out_dir: str | os.PathLike, machines: Sequence[str], sectio
                                  f"{len(got - want)} extra, e.g. {sorted(want ^ got)[:3]}")
 
 
+LEAKY_NOTE = ("The epochs of this system's models were chosen with the TEST labels (epoch_selection: "
+              "select-on-test-leaky, the authors' selection). Its scores are optimistic, and it is not a valid "
+              "challenge submission.\n")
+
+
 def meta_template(label: str, system: str, params: dict, dev_result=None) -> dict:
     """The organisers' system metadata (``<label>.meta.yaml``) with what the kit knows filled in, and ``TODO`` where
     only the team can answer (authors, affiliation, the technical report). ``dev_result``: the system's

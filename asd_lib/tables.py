@@ -10,6 +10,7 @@ Introduced in ``notebooks/05_results_tables.ipynb``.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -189,10 +190,22 @@ def with_paper(tidy: pd.DataFrame, which: str = "table1") -> pd.DataFrame:
     return pd.concat([tidy, paper_rows(which)], ignore_index=True)
 
 
-def table1(tidy: pd.DataFrame, with_paper: bool = True) -> pd.DataFrame:
-    """Table 1 (four systems, percent) in the paper's layout from :func:`collect`'s tidy rows."""
+def system_labels(results_dir: str | os.PathLike) -> dict[str, str]:
+    """The systems' table labels, with a visible LEAKY mark for a run whose epochs were chosen on test labels
+    (``epoch_selection: select-on-test-leaky`` in its ``results/<system>/params.json``)."""
+    out = dict(SYSTEM_LABELS)
+    for system in out:
+        path = Path(results_dir) / system / "params.json"
+        if path.is_file() and json.loads(path.read_text())["values"].get("epoch_selection", "fixed") != "fixed":
+            out[system] += " (LEAKY: epochs chosen on test labels)"
+    return out
+
+
+def table1(tidy: pd.DataFrame, with_paper: bool = True, labels: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Table 1 (four systems, percent) in the paper's layout from :func:`collect`'s tidy rows; ``labels`` from
+    :func:`system_labels` mark leaky runs."""
     frames = [tidy, paper_rows("table1")] if with_paper else [tidy]
-    return layout(aggregate(pd.concat(frames, ignore_index=True)), SYSTEM_LABELS, 100.0, 2)
+    return layout(aggregate(pd.concat(frames, ignore_index=True)), labels or SYSTEM_LABELS, 100.0, 2)
 
 
 EVAL_SYSTEMS = ("devadd_online", "devadd_offline")  # the systems that score the evaluation set

@@ -298,6 +298,7 @@ def test_select_on_test_is_opt_in_and_labelled_leaky(dev_manifest, tmp_path):
 
     sel = json.loads((leaky / "selected_on_test_LEAKY.json").read_text())
     assert sel["epoch"] == 1 + int(np.argmax(scores)) and "leak" in sel["warning"]
+    assert sel["epochs"] == [sel["epoch"]]  # as many as the run keeps (at least one), best first
     assert (leaky / f"epoch_{sel['epoch']:03d}.pt").exists() and (leaky / "epoch_002.pt").exists()
 
 

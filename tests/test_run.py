@@ -242,3 +242,24 @@ def test_asd_params_prints_what_the_runner_would_inject(tmp_path: Path, capsys):
     bad = _overlay(tmp_path, "bad.yaml", {"no_such_key": 1})
     assert run.params_main(["--system", "dev_online", "--params", bad]) == 2
     assert "no_such_key" in capsys.readouterr().err
+
+
+def test_leaky_selection_really_picks_the_ensembles_epochs_and_is_labelled(tmp_path: Path):
+    from asd_lib import tables
+
+    ckpt = tmp_path / "dev" / "checkpoints"
+    for backbone, ranked in (("beats", [5, 3, 9]), ("sslam", [2, 7])):
+        (ckpt / backbone).mkdir(parents=True)
+        (ckpt / backbone / P.LEAKY_SELECTION).write_text(json.dumps({"epochs": ranked}))
+    L = P.layout(tmp_path, "dev", "dev_offline")
+    ens = ["beats@107", "beats@204", "sslam@100"]
+    assert L.models(ens, 0.1) == ["beats@11", "beats@20", "sslam@10"]  # fixed: no test labels involved
+    assert L.models(ens, 0.1, "select-on-test-leaky") == ["beats@3", "beats@5", "sslam@2"]  # the 2 best, in order
+    (ckpt / "sslam" / P.LEAKY_SELECTION).unlink()
+    with pytest.raises(P.ParamsError, match="select-on-test-leaky"):
+        L.models(ens, 0.1, "select-on-test-leaky")
+    (tmp_path / "dev_offline").mkdir()
+    (tmp_path / "dev_offline" / "params.json").write_text(json.dumps({"values": {"epoch_selection":
+                                                                                   "select-on-test-leaky"}}))
+    labels = tables.system_labels(tmp_path)
+    assert "LEAKY" in labels["dev_offline"] and "LEAKY" not in labels["dev_online"]
