@@ -832,9 +832,9 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
                     if not torch.isfinite(ce):  # stop before a non-finite step reaches the weights or a checkpoint
                         names = sorted({clips[int(samples[i][0])].file_name for i in ids})
                         raise FloatingPointError(
-                            f"[finetune] the loss is {float(ce)} at epoch {epoch}, micro-batch {mi} (clips: "
-                            f"{', '.join(names[:4])}{' ...' if len(names) > 4 else ''}); nothing of this epoch "
-                            f"was saved. Lower the learning rates, or check those clips")
+                            f"[finetune] the loss is {float(ce.detach())} at epoch {epoch}, micro-batch {mi} "
+                            f"(clips: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}); nothing of this "
+                            f"epoch was saved. Lower the learning rates, or check those clips")
                     loss = ce * world / global_count / group_len
                     loss.backward()
                 epoch_sums[0] += float(ce.detach())
