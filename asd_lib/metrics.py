@@ -49,7 +49,6 @@ _SCORE_RE = re.compile(r"^anomaly_score_(?P<machine>.+)_section_(?P<section>\d\d
 _GT_RE = re.compile(r"^ground_truth_(?P<machine>.+)_section_(?P<section>\d\d)_test\.csv$")
 _DEV_RE = re.compile(r"^section_(?P<section>\d\d)_(?P<domain>source|target)_test_(?P<label>normal|anomaly)_"
                      r"(?P<index>\d{4})(?:_[^/\\]+)?\.wav$")
-_EVAL_RE = re.compile(r"^section_\d\d_\d{4}\.wav$")
 
 
 class EvaluationError(ValueError):
