@@ -197,25 +197,32 @@ def roc_curves(df, score: str = "score", machines: Sequence[str] | None = None, 
 
 
 def embedding_map(emb: np.ndarray, classes: Sequence[str], domains: Sequence[str], title: str = ""):
-    """Embeddings (N, D) projected to 2-D with PCA: colour = class, marker = domain."""
+    """Embeddings (N, D) projected to 2-D with PCA: colour = class, marker = domain (circle source, triangle
+    target). The legend sits beside the plot: the classes (up to 20) and, always, the domain key."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     from sklearn.decomposition import PCA
 
     xy = PCA(n_components=2, random_state=0).fit_transform(np.asarray(emb, dtype=np.float64))
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5), layout="constrained")
     uniq = list(dict.fromkeys(classes))
     cmap = plt.get_cmap("tab20", max(len(uniq), 1))
     classes = np.asarray(classes)
     domains = np.asarray(domains)
     for i, c in enumerate(uniq):
+        named = False  # one legend entry per class, from whichever domain has it first
         for dom, marker in (("source", "o"), ("target", "^")):
             sel = (classes == c) & (domains == dom)
             if sel.any():
                 ax.scatter(xy[sel, 0], xy[sel, 1], s=12 if dom == "source" else 30, marker=marker,
-                           color=cmap(i), alpha=0.7, label=c if dom == "source" else None)
-    ax.set_title(title or "embeddings (PCA): colour = class, triangle = target domain", fontsize=9)
-    if len(uniq) <= 20:
-        ax.legend(fontsize=5, ncol=2, loc="best")
+                           color=cmap(i), alpha=0.7, label=None if named else c)
+                named = True
+    ax.set_title(title or "embeddings (PCA)", fontsize=9)
+    handles, labels = ax.get_legend_handles_labels() if len(uniq) <= 20 else ([], [])
+    key = [Line2D([], [], marker=m, ls="", color="grey", label=f"{d} domain") for d, m in (("source", "o"),
+                                                                                         ("target", "^"))]
+    ax.legend(handles + key, labels + [k.get_label() for k in key], fontsize=7, frameon=False, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), ncol=1 if len(handles) <= 14 else 2)
     return fig
 
 
