@@ -821,6 +821,7 @@ def export_system(out_dir: str | Path, params: Any, *, results_dir: str | Path |
     # ---- backbones and the label scheme
     from asd_lib.embed import embedding_source, load_embeddings
 
+    all_machines = list_machines(lay.scores, models, scorer_ids, channel)
     specs, sources, classes, with_ch = [], {}, None, True
     for m in models:
         ckpt = lay.checkpoint(m)
@@ -841,7 +842,7 @@ def export_system(out_dir: str | Path, params: Any, *, results_dir: str | Path |
         from asd_lib.backbones import load_backbone
 
         made_from = {embedding_source(lay.embeddings, m, channel, mc, split)
-                     for mc in list_machines(lay.scores, models, scorer_ids, channel) for split in ("train", "test")}
+                     for mc in all_machines for split in ("train", "test")}
         if made_from != {file_sha256(ckpt)}:
             raise ExportError(f"the cached embeddings of {m} under {lay.embeddings / m} were not made from {ckpt} "
                               "as it is now (its sha256 differs from the one they recorded): rerun the embedding "
@@ -853,7 +854,6 @@ def export_system(out_dir: str | Path, params: Any, *, results_dir: str | Path |
         del enc
 
     # ---- scorers: refit and verify against the cache
-    all_machines = list_machines(lay.scores, models, scorer_ids, channel)
     chosen = list(machines) if machines is not None else all_machines
     missing = sorted(set(chosen) - set(all_machines))
     if missing:

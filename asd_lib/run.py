@@ -135,16 +135,11 @@ def select(only: Sequence[str] | None) -> list[str]:
     return chosen
 
 
-def _notebook_code(path: Path) -> str:
+def _cells(path: Path) -> list[tuple[str, str]]:
+    """(cell type, source) of every cell of a notebook."""
     nb = json.loads(path.read_text())
-    return "\n".join(("".join(c["source"]) if isinstance(c["source"], list) else c["source"])
-                     for c in nb["cells"] if c["cell_type"] == "code")
-
-
-def _source_digest(path: Path) -> str:
-    nb = json.loads(path.read_text())
-    return P.digest([("".join(c["source"]) if isinstance(c["source"], list) else c["source"])
-                     for c in nb["cells"]])
+    return [(c["cell_type"], "".join(c["source"]) if isinstance(c["source"], list) else c["source"])
+            for c in nb["cells"]]
 
 
 class StageOutOfDate(RuntimeError):
@@ -229,21 +224,25 @@ class Runner:
         """What a stage's result depends on, each part digested (the record keeps them to say what changed)."""
         src = notebook_path(name)
         injected = P.inject(params, self.declared[src.name])
-        return {"params": P.digest(injected), "source": _source_digest(src),
-                "library": provenance.code_digest(_notebook_code(src)), "upstream": P.digest(upstream)}
+        cells = _cells(src)
+        code = "\n".join(text for kind, text in cells if kind == "code")
+        return {"params": P.digest(injected), "source": P.digest([text for _, text in cells]),
+                "library": provenance.code_digest(code), "upstream": P.digest(upstream)}
 
     def _where(self, name: str, scope: str, params: P.Params) -> tuple[Path, Path, str]:
         folder, label = _stage_dir(ROOT / params["results_dir"], scope, params.get("system", ""),
                                    params.get("regime", ""))
         return folder / f"{name}.ipynb", folder / f"{name}.done.json", label
 
-    def why_stale(self, name: str, scope: str, params: P.Params, upstream: list[str]) -> str | None:
-        """None when the stage's finished result is current; else the reason it must run."""
+    def why_stale(self, name: str, scope: str, params: P.Params, upstream: list[str],
+                  parts: dict[str, Any] | None = None) -> str | None:
+        """None when the stage's finished result is current; else the reason it must run. ``parts``: the stage's
+        ``_parts``, when the caller has them already."""
         out, marker, _ = self._where(name, scope, params)
         record = self.pending.get(str(marker)) or _read_record(marker)
         if not record or not (out.is_file() or self.dry_run):
             return "no finished run"
-        parts = self._parts(name, params, upstream)
+        parts = parts or self._parts(name, params, upstream)
         old = record.get("parts")
         if old is None:
             return "recorded by an older version of the runner"
@@ -267,12 +266,12 @@ class Runner:
         """Run (or reuse) one notebook; return its record (``finished`` feeds the next stage's key)."""
         out, marker, label = self._where(name, scope, params)
         injected = P.inject(params, self.declared[f"{name}.ipynb"])
-        reason = "--force" if self.force else self.why_stale(name, scope, params, upstream)
+        parts = self._parts(name, params, upstream)
+        reason = "--force" if self.force else self.why_stale(name, scope, params, upstream, parts)
         if reason is None:
             self.log.results.append(StageResult(name, label, "reused", 0.0, _rel(out)))
             print(f"[{label}] {name}: reused ({_rel(out)})", flush=True)
             return self.pending.get(str(marker)) or _read_record(marker)
-        parts = self._parts(name, params, upstream)
         if self.dry_run:
             self.log.results.append(StageResult(name, label, "would run", 0.0, _rel(out)))
             print(f"[{label}] {name}: would run ({reason}) with {json.dumps(injected)}", flush=True)

@@ -45,7 +45,7 @@ from sklearn.preprocessing import normalize as sk_normalize
 from sklearn.utils.validation import check_is_fitted
 
 from asd_lib import progress
-from asd_lib.embed import embedding_path
+from asd_lib.embed import load_embeddings
 from asd_lib.fsutil import atomic_savez
 
 __all__ = [
@@ -1009,11 +1009,10 @@ def raw_score_aucs(score_root: str | Path, emb_root: str | Path, models: Sequenc
     rows = []
     for model in models:
         for f in sorted((Path(score_root) / model / channel / scorer).glob("*.npz")):
-            with np.load(embedding_path(emb_root, model, channel, f.stem, "test"), allow_pickle=False) as e, \
-                    np.load(f, allow_pickle=False) as z:
-                y, s = e["labels"], z["test"]
+            y = load_embeddings(emb_root, model, channel, f.stem, "test")["labels"]
             if (y < 0).any():  # unlabelled clips: the evaluation set
                 continue
-            rows.append({"model": model, "machine": f.stem, "AUC": roc_auc_score(y, s)})
+            with np.load(f, allow_pickle=False) as z:
+                rows.append({"model": model, "machine": f.stem, "AUC": roc_auc_score(y, z["test"])})
     return pd.DataFrame(rows, columns=["model", "machine", "AUC"]).pivot(index="machine", columns="model",
                                                                          values="AUC")
