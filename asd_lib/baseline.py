@@ -14,6 +14,7 @@ ours.  Pipeline per machine:
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -29,6 +30,8 @@ from asd_lib import progress
 N_FFT, HOP, N_MELS, FRAMES, POWER = 1024, 512, 128, 5, 2.0
 SAMPLE_RATE = 16000
 SCORES = ("MAHALA", "MSE")
+
+log = logging.getLogger(__name__)
 
 #: the paper's Table 2 (AUC / pAUC per machine, Mean, and its Omega), for comparison only
 PAPER_TABLE2 = {
@@ -272,7 +275,7 @@ def train_baseline(vectors: np.ndarray, is_target: np.ndarray, *, epochs: int = 
         history.append({"epoch": ep, "loss": float(np.mean(losses)) if losses else float("nan"),
                         "val_loss": float(np.mean(val)) if val else float("nan")})
         if verbose:
-            print(f"epoch {ep}: loss {history[-1]['loss']:.4f} val {history[-1]['val_loss']:.4f}")
+            log.info("epoch %d: loss %.4f val %.4f", ep, history[-1]["loss"], history[-1]["val_loss"])
     mse_calib = last_train_losses + list(val)
     model.eval()
 
@@ -370,7 +373,7 @@ def run_baseline(data: str | os.PathLike | pd.DataFrame, machines: Sequence[str]
                                   "gamma": trained.gamma, "final_loss": trained.history[-1] if trained.history else
                                   None, "history": trained.history, "seconds": time.time() - t0}
         if verbose:
-            print(f"[{mi + 1}/{len(machines)}] {mach}: {len(X)} vectors, {time.time() - t0:.1f} s")
+            log.info("[%d/%d] %s: %d vectors, %.1f s", mi + 1, len(machines), mach, len(X), time.time() - t0)
     return info
 
 

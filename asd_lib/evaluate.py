@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from asd_lib import logs
 from asd_lib.metrics import EvaluationError, evaluate_submission, format_summary, paper_style_scores
 
 
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also print the paper's (AAU) metric, NOT the official score")
     ap.add_argument("--json", default=None, help="write all numbers as JSON here")
     args = ap.parse_args(argv)
+    logs.configure()
     try:
         res = evaluate_submission(args.submission_dir, args.ground_truth, machines=args.machines,
                                   ci=not args.no_ci, jackknife_ours=args.jackknife, data=args.data)

@@ -39,6 +39,7 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import math
 import os
 import random
@@ -53,9 +54,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from asd_lib import logs
 from asd_lib.embed import POOLINGS, pool_tokens
 from asd_lib.fsutil import atomic_torch_save, atomic_write_text, file_sha256, folder_lock
 from asd_lib.progress import bar as progress_bar
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ArcFaceHead",
@@ -604,7 +608,7 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
         grad_decay=grad_decay, amp=amp, cache_fbank=cache_fbank, seed=seed, save_every=save_every,
         keep_epochs=tuple(int(e) for e in keep_epochs), save_every_steps=save_every_steps,
         epoch_selection=epoch_selection)
-    say = print if (verbose and rank == 0) else (lambda *a, **k: None)
+    say = log.info if (verbose and rank == 0) else (lambda *a, **k: None)
 
     # ---- data
     man = _to_manifest(manifest, ground_truth)
@@ -1049,6 +1053,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epoch-selection", default="fixed", choices=("fixed", "select-on-test-leaky"),
                    help="fixed epochs, or the authors' selection on test scores (uses test labels)")
     a = p.parse_args(argv)
+    logs.configure()
     try:
         man = _to_manifest(a.data)
         sets = [s.strip() for s in a.sets.split(",") if s.strip()]

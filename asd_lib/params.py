@@ -201,6 +201,28 @@ def validate(params: Params, declared: Mapping[str, Mapping[str, Any]]) -> None:
                                   f"(default {default!r})")
 
 
+def check_namespace(namespace: Mapping[str, Any], notebooks: Iterable[str | Path] | None = None) -> None:
+    """The runner's checks, for a notebook run another way (``papermill -f``, or its parameters cell edited in
+    JupyterLab): every parameter of the kit's notebooks that ``namespace`` holds must have the type the notebooks
+    declare, and ``system`` / ``regime`` must be ones the kit knows. A ParamsError names the parameter and the
+    command that prints a system's checked parameters. (Names no notebook declares: papermill warns of them.)"""
+    paths = sorted(NOTEBOOK_DIR.glob("*.ipynb")) if notebooks is None else list(notebooks)
+    declared = declared_parameters(paths)
+    hint = "; `asd-params --system SYSTEM [--params OVERLAY.yaml] --out p.yaml` writes a checked set for papermill -f"
+    for nb, names in declared.items():
+        for name, default in names.items():
+            if name not in namespace or callable(namespace[name]) or type(namespace[name]).__name__ == "module":
+                continue
+            value = namespace[name]
+            if not _type_ok(value, default):
+                raise ParamsError(f"parameter {name!r} = {value!r} has type {type(value).__name__}, but {nb} declares "
+                                  f"it as {type(default).__name__} (default {default!r})" + hint)
+    if "system" in namespace and namespace["system"] not in SYSTEMS:
+        raise ParamsError(f"system = {namespace['system']!r} is not one of {', '.join(SYSTEMS)}" + hint)
+    if "regime" in namespace and namespace["regime"] not in REGIME_SETS:
+        raise ParamsError(f"regime = {namespace['regime']!r} is not one of {', '.join(sorted(REGIME_SETS))}" + hint)
+
+
 def coerce(value: Any, default: Any) -> Any:
     """``value`` converted to the default's type where that is lossless (int -> float, tuple -> list)."""
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):

@@ -17,6 +17,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from asd_lib import logs
+from asd_lib import params as P
 from asd_lib.params import ROOT  # the kit's folder (params.find_root)
 
 _STATE: dict[str, Any] = {"figures_dir": ROOT / "figures"}
@@ -25,7 +27,16 @@ _STATE: dict[str, Any] = {"figures_dir": ROOT / "figures"}
 def setup(seed: int = 0, figures_dir: str | os.PathLike = "figures", threads: int | None = None,
           quiet: bool = True) -> Path:
     """Prepare a notebook: cwd = repository root, seeds, threads, plot style, save_fig folder; returns the root."""
+    try:
+        from IPython import get_ipython
+
+        ip = get_ipython()
+    except ImportError:  # pragma: no cover
+        ip = None
+    if ip is not None:  # papermill -f or an edited parameters cell: refuse what the runner would refuse
+        P.check_namespace(ip.user_ns)
     os.chdir(ROOT)
+    logs.configure()  # the library's messages, at $ASD_KIT_LOG's level
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     fig_dir = Path(figures_dir)
@@ -53,14 +64,8 @@ def setup(seed: int = 0, figures_dir: str | os.PathLike = "figures", threads: in
     matplotlib.rcParams.update({"figure.dpi": 72, "savefig.dpi": 150, "figure.figsize": (7.0, 3.5),
                                 "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
                                 "axes.spines.right": False, "svg.hashsalt": "asd-kit"})
-    try:
-        from IPython import get_ipython
-
-        ip = get_ipython()
-        if ip is not None:
-            ip.run_line_magic("config", "InlineBackend.figure_formats = ['png']")
-    except ImportError:  # pragma: no cover
-        pass
+    if ip is not None:
+        ip.run_line_magic("config", "InlineBackend.figure_formats = ['png']")
     if quiet:
         import warnings
 

@@ -27,7 +27,9 @@ from typing import Any, Sequence
 
 import yaml
 
+from asd_lib import logs
 from asd_lib import params as P
+from asd_lib import progress
 from asd_lib import provenance
 from asd_lib.fsutil import FolderBusy, folder_lock
 from asd_lib.fsutil import atomic_write_text as atomic_write
@@ -219,6 +221,19 @@ class Runner:
     log: RunLog = field(default_factory=RunLog)
     declared: dict[str, dict[str, Any]] = field(default_factory=dict)
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # dry run: stages that would have run
+    bar: Any = None  # a progress bar over the run's stages (asd_lib.progress), or None
+
+    def say(self, line: str) -> None:
+        """A stage's line, printed above the stage bar when one shows."""
+        if self.bar is not None and not self.bar.disable:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def _done(self, result: StageResult) -> None:
+        self.log.results.append(result)
+        if self.bar is not None:
+            self.bar.update(1)
 
     def _parts(self, name: str, params: P.Params, upstream: list[str]) -> dict[str, Any]:
         """What a stage's result depends on, each part digested (the record keeps them to say what changed)."""
@@ -269,21 +284,23 @@ class Runner:
         parts = self._parts(name, params, upstream)
         reason = "--force" if self.force else self.why_stale(name, scope, params, upstream, parts)
         if reason is None:
-            self.log.results.append(StageResult(name, label, "reused", 0.0, _rel(out)))
-            print(f"[{label}] {name}: reused ({_rel(out)})", flush=True)
+            self.say(f"[{label}] {name}: reused ({_rel(out)})")
+            self._done(StageResult(name, label, "reused", 0.0, _rel(out)))
             return self.pending.get(str(marker)) or _read_record(marker)
         if self.dry_run:
-            self.log.results.append(StageResult(name, label, "would run", 0.0, _rel(out)))
-            print(f"[{label}] {name}: would run ({reason}) with {json.dumps(injected)}", flush=True)
+            self.say(f"[{label}] {name}: would run ({reason}) with {json.dumps(injected)}")
+            self._done(StageResult(name, label, "would run", 0.0, _rel(out)))
             self.pending[str(marker)] = {"parts": parts, "finished": f"pending-{P.digest(parts)}"}
             return self.pending[str(marker)]
         marker.unlink(missing_ok=True)
-        print(f"[{label}] {name}: running ({reason}) ...", flush=True)
+        self.say(f"[{label}] {name}: running ({reason}) ...")
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{label} {name}")
         t0 = time.perf_counter()
         try:
             execute(notebook_path(name), out, injected, self.log_output, self.kernel)
         except StageFailed:
-            self.log.results.append(StageResult(name, label, "failed", time.perf_counter() - t0, _rel(out)))
+            self._done(StageResult(name, label, "failed", time.perf_counter() - t0, _rel(out)))
             raise
         seconds = time.perf_counter() - t0
         record = {"parts": parts, "seconds": round(seconds, 2), "params": injected,
@@ -291,8 +308,8 @@ class Runner:
         if "data_root" in injected:  # after the run: a stage may have generated the data
             record["data"] = provenance.data_digest(ROOT / params["data_root"])
         atomic_write(marker, json.dumps(record, indent=1))
-        self.log.results.append(StageResult(name, label, "ran", seconds, _rel(out)))
-        print(f"[{label}] {name}: done in {seconds:.1f} s", flush=True)
+        self.say(f"[{label}] {name}: done in {seconds:.1f} s")
+        self._done(StageResult(name, label, "ran", seconds, _rel(out)))
         return record
 
 
@@ -367,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--kernel", default=KERNEL, metavar="NAME",
                     help=f"Jupyter kernel that runs the notebooks (default {KERNEL!r}, registered by `make venv`)")
     args = ap.parse_args(argv)
+    logs.configure()
 
     systems = list(P.SYSTEMS) if args.system == ["all"] else args.system
     bad = [s for s in systems if s not in P.SYSTEMS]
@@ -396,15 +414,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if not args.dry_run:
         check_kernel(args.kernel)
-    os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would bloat the executed notebooks
-    runner = Runner(force=args.force, dry_run=args.dry_run, log_output=args.log_output, kernel=args.kernel,
-                    declared=declared)
     if args.only:
         report_names = names
     elif len(systems) == 1:
         report_names = list(SINGLE_SYSTEM_REPORT)
     else:
         report_names = names
+    n_stages = (sum(n in names for n, scope in NOTEBOOKS if scope != "report") * len(systems) * args.seeds
+                + sum(n in report_names for n, scope in NOTEBOOKS if scope == "report"))
+    # the stage bar follows the terminal; made before the notebooks' own bars are switched off below
+    bar = progress.bar(total=n_stages, desc="asd-run", unit="stage", leave=True)
+    os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would bloat the executed notebooks
+    runner = Runner(force=args.force, dry_run=args.dry_run, log_output=args.log_output, kernel=args.kernel,
+                    declared=declared, bar=bar)
     t0 = time.perf_counter()
     status = 0
     locks = contextlib.ExitStack()
@@ -414,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 locks.enter_context(folder_lock(folder, "asd-run"))
         for s in systems:
             for k in range(args.seeds):
-                print(f"== {s}" + (f" (seed repeat {k + 1}/{args.seeds})" if args.seeds > 1 else ""), flush=True)
+                runner.say(f"== {s}" + (f" (seed repeat {k + 1}/{args.seeds})" if args.seeds > 1 else ""))
                 run_system(runner, seed_params(per_system[s], k), names)
         primary = per_system.get(PRIMARY_SYSTEM, per_system[systems[0]])
         run_report(runner, primary, report_names)
@@ -429,6 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = 2
     finally:
         locks.close()
+        bar.close()
     print("\nper-stage time (s):")
     print(runner.log.table())
     print(f"wall time: {time.perf_counter() - t0:.1f} s")

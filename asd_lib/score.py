@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from asd_lib import logs
+
 AUDIO_SUFFIXES = (".wav", ".wave")
 
 
@@ -159,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--results-dir", default=None, help="--export: results root (default: from the params)")
     ap.add_argument("--overwrite", action="store_true", help="--export: replace an existing folder")
     args = ap.parse_args(argv)
+    logs.configure()
 
     if args.threads:
         import torch

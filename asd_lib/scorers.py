@@ -30,6 +30,7 @@ density itself the error is at most eps * d_max / rho; this never needs a full s
 """
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -65,6 +66,8 @@ __all__ = [
     "SCORER_IDS",
     "HOLDOUT_FRACTIONS",
 ]
+
+log = logging.getLogger(__name__)
 
 SCORER_IDS = ("knn", "gmm", "ae", "ldn")
 # The authors held out 195 of 990 source and 5 of 10 target training clips (docs/reference.md §7).
@@ -962,7 +965,7 @@ def score_embeddings(
             for sid in todo:
                 out = score_path(score_root, model, channel, sid, machine)
                 if verbose:
-                    print(f"scoring {model}/{channel}/{sid}/{machine}")
+                    log.info("scoring %s/%s/%s/%s", model, channel, sid, machine)
                 sp = dict(scorer_params.get(sid, {}))
                 est = make_scorer(sid, preprocess="none", seed=seed, device=device, **sp)
                 v = raw if takes_raw_embeddings(sid, sp) else views

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -263,3 +264,51 @@ def test_leaky_selection_really_picks_the_ensembles_epochs_and_is_labelled(tmp_p
                                                                                    "select-on-test-leaky"}}))
     labels = tables.system_labels(tmp_path)
     assert "LEAKY" in labels["dev_offline"] and "LEAKY" not in labels["dev_online"]
+
+
+def test_a_notebook_run_outside_the_runner_checks_its_parameters(tmp_path: Path):
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    good = P.inject(P.load("dev_online", [SMOKE]), run.all_declared()["04_normalise_and_fuse.ipynb"])
+    P.check_namespace({**good, "np": np, "setup": print})  # modules and functions are not parameters
+    with pytest.raises(P.ParamsError, match="'ensemble' = 'beats@107' has type str.*asd-params"):
+        P.check_namespace({**good, "ensemble": "beats@107"})
+    with pytest.raises(P.ParamsError, match="system = 'dev_sideways'"):
+        P.check_namespace({**good, "system": "dev_sideways"})
+    with pytest.raises(P.ParamsError, match="regime = 'both'"):
+        P.check_namespace({**good, "regime": "both"})
+    # papermill -f with a value the runner would refuse: the notebook stops in its set-up cell, naming it
+    with pytest.raises(PapermillExecutionError, match="'seed' = 'zero' has type str"):
+        pm.execute_notebook(str(ROOT / "notebooks/05_results_tables.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters={"seed": "zero", "results_dir": str(tmp_path / "results")},
+                            kernel_name=run.KERNEL, cwd=str(ROOT), progress_bar=False)
+
+
+def test_the_runner_shows_one_bar_over_its_stages_in_a_terminal():
+    import fcntl
+    import pty
+    import re
+    import struct
+    import termios
+
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    proc = subprocess.Popen([sys.executable, "-m", "asd_lib.run", "--system", "dev_online", "--params", SMOKE,
+                             "--dry-run", "--force"], cwd=ROOT, env=env, stdout=secondary, stderr=secondary)
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert proc.wait(timeout=120) == 0
+    text = b"".join(chunks).decode(errors="replace")
+    n_lines = len(re.findall(r": would run \(", text))
+    assert n_lines == 11  # 10 stages of the system + the tables
+    assert re.search(rf"asd-run: 100%\|[^\r\n]*\| {n_lines}/{n_lines} ", text)

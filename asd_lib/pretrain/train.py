@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from asd_lib import logs
 from asd_lib.fsutil import atomic_torch_save, atomic_write_text, file_sha256
 from asd_lib.progress import bar as progress_bar
 
@@ -237,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="checkpoints", help="folder of the checkpoint and manifest.json")
     p.add_argument("--work", default="results/pretrain", help="folder of the corpus cache, state and log")
     a = p.parse_args(argv)
+    logs.configure()
     cfg = PretrainConfig(encoder=a.encoder, shape=a.shape, corpus_clips=a.corpus_clips, seconds=a.seconds,
                          steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed)
     command = "python -m asd_lib.pretrain " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..data import ADD_MACHINES, ALL_MACHINES
 from .. import progress
+from .. import logs
 from ..fsutil import replace_dir, temp_dir
 from . import room
 from .machines import FAULT_GAIN, FAULTS, VOCAB, draw_operating_point, run_machine
@@ -357,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="regenerate even if DIR already holds this output")
     ap.add_argument("--plan", action="store_true", help="print the summary (counts, disk size) without writing")
     a = ap.parse_args(argv)
+    logs.configure()
     if a.plan:
         print(summary_table(plan(a.preset, a.seed)[1]))
         return 0
