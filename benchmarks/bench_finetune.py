@@ -42,8 +42,10 @@ def bench_tiny(data: Path, work: Path) -> dict[str, dict[str, float]]:
     from asd_lib.backbones import load_backbone
     from asd_lib.data import scan
     from asd_lib.embed import embed_paths
+    from asd_lib import logs
     from asd_lib.finetune import cache_fbank, finetune
 
+    logs.configure()  # fine-tuning's epoch lines
     man = scan(data)
     dev = man[man["set"] == "dev"]
     train = dev[dev["split"] == "train"].sort_values(["machine", "file_name"])
