@@ -180,6 +180,11 @@ def check_kernel(kernel: str = KERNEL) -> None:
               f"asd_lib, run: {sys.executable} -m ipykernel install --sys-prefix --name {kernel}", file=sys.stderr)
 
 
+# The kernel's own start-up warnings ("Kernel is running over TCP without encryption", once per stage) are not the
+# notebook's output: the kernel process logs errors only. The notebook's cells still show their warnings.
+KERNEL_QUIET = ["--IPKernelApp.log_level=ERROR"]
+
+
 def execute(src: Path, out: Path, parameters: dict[str, Any], log_output: bool = False, kernel: str = KERNEL) -> None:
     """Execute one notebook with papermill into ``out``; raise StageFailed naming the cell on error."""
     import papermill as pm
@@ -189,7 +194,8 @@ def execute(src: Path, out: Path, parameters: dict[str, Any], log_output: bool =
     rel_src, rel_out = _rel(src), _rel(out)
     try:
         pm.execute_notebook(str(src), str(out), parameters=parameters, kernel_name=kernel, cwd=str(ROOT),
-                            progress_bar=False, log_output=log_output)
+                            progress_bar=False, log_output=log_output,
+                            extra_arguments=KERNEL_QUIET)
     except PapermillExecutionError as exc:
         # papermill counts cells from 0 including the injected-parameters cell it adds after `parameters`.
         code = "\n".join(exc.source.splitlines()[:6])

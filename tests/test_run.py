@@ -160,6 +160,7 @@ def test_end_to_end_dev_offline_on_the_smoke_config(smoke_run):
         assert (res / where / "notebooks" / f"{name}.ipynb").is_file(), name
     assert (res / "baseline" / "MSE").is_dir() and (res / "tables" / "table1.md").is_file()
     assert "per-stage time" in out.stdout and (res / "dev_offline" / "timings.csv").is_file()
+    assert "without encryption" not in out.stderr  # the kernels' start-up noise stays out of the runner's output
     print(f"smoke dev_offline end to end: {seconds:.1f} s")
 
 
