@@ -909,10 +909,11 @@ def _check_kept(ckpt_dir: Path, epochs: Sequence[int], last: Path) -> None:
             if not f.is_file():
                 raise ValueError(f"{f.name} is missing, and {last.name} has already trained past epoch {e}: it can "
                                  f"only come back from a new run. Retrain with resume=False (asd-finetune "
-                                 f"--no-resume, or delete {ckpt_dir})")
+                                 f"--no-resume; asd-run --only 01 --force), or delete {ckpt_dir}")
             if f.name in known and file_sha256(f) != known[f.name]:
                 raise ValueError(f"{f} does not have the hash it was written with (truncated or replaced); retrain "
-                                 f"with resume=False (asd-finetune --no-resume), or delete {ckpt_dir}")
+                                 f"with resume=False (asd-finetune --no-resume; asd-run --only 01 --force), or delete "
+                                 f"{ckpt_dir}")
 
 
 cache_fbank_fn = cache_fbank  # the name ``cache_fbank`` is also a keyword argument of ``finetune``

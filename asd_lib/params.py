@@ -38,6 +38,15 @@ NOTEBOOK_DIR = ROOT / "notebooks"
 SYSTEMS: tuple[str, ...] = ("dev_online", "dev_offline", "devadd_online", "devadd_offline")
 
 
+FORCE_ENV = "ASD_KIT_FORCE"  # set to 1 by `asd-run --force` for the notebooks it runs
+
+
+def forced() -> bool:
+    """Whether this notebook runs under ``asd-run --force``: work it would resume (fine-tuning from ``last.pt``)
+    starts from scratch instead."""
+    return os.environ.get(FORCE_ENV) == "1"
+
+
 class ParamsError(ValueError):
     """A parameters file or a notebook's parameters cell is malformed or disagrees with the other."""
 

@@ -9,6 +9,8 @@ stages. Two more inputs make a stored result stale, and this module digests them
   of no other.
 - ``data_digest(root)``: every file under a data folder by relative name, size and modification time, so that a
   deleted, added, replaced or touched file changes it (content hashes would cost minutes on the DCASE-size set).
+- ``snapshot`` / ``written_files`` / ``damaged_output``: the files a stage wrote, with their hashes, and whether
+  they are still as written when the stage's result is about to be reused.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
+
+from asd_lib.fsutil import file_sha256
 
 PACKAGE = "asd_lib"
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,3 +115,53 @@ def data_digest(root: str | os.PathLike) -> str:
             st = path.stat()
             h.update(f"{path.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------- stage outputs
+# What a stage wrote, to check before its result is reused: a file it made may since have been deleted, truncated
+# or replaced, and a stage reused over it would hand the damage on. The runner snapshots the results folder (name,
+# size, mtime) before and after each stage; the files that appeared or changed are the stage's outputs, recorded
+# with their sha256.
+
+
+def snapshot(root: str | os.PathLike, skip: tuple[str | os.PathLike, ...] = ()) -> dict[str, tuple[int, int]]:
+    """Relative name -> (size, mtime_ns) of every file under ``root``, leaving out the folders in ``skip``."""
+    root = Path(root)
+    skipped = {Path(s).resolve() for s in skip}
+    out: dict[str, tuple[int, int]] = {}
+    if not root.is_dir():
+        return out
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if (here / d).resolve() not in skipped)
+        for name in files:
+            path = here / name
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # deleted while walking
+                continue
+            out[path.relative_to(root).as_posix()] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def written_files(root: str | os.PathLike, before: dict[str, tuple[int, int]],
+                  after: dict[str, tuple[int, int]]) -> dict[str, list]:
+    """The files of ``after`` that are new or changed since ``before``: name -> [size, mtime_ns, sha256]."""
+    root = Path(root)
+    return {name: [*stat, file_sha256(root / name)] for name, stat in sorted(after.items())
+            if before.get(name) != stat}
+
+
+def damaged_output(root: str | os.PathLike, outputs: dict[str, list]) -> str | None:
+    """None when every recorded output is as written; else a line naming the first one that is missing or whose
+    content changed (a touched file with the same content is fine: the hash is compared when size or mtime differ)."""
+    root = Path(root)
+    for name, (size, mtime, digest) in outputs.items():
+        path = root / name
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return f"its output {name} is missing"
+        if (st.st_size, st.st_mtime_ns) != (size, mtime) and file_sha256(path) != digest:
+            return f"its output {name} changed since it was written"
+    return None

@@ -6,8 +6,9 @@ Stages shared by the online and offline systems of one data regime (data, fine-t
 run once per regime under ``results/<regime>/``; normalisation, fusion and submission run per system under
 ``results/<system>/`` (docs/design.md, "Stages shared between systems"). A stage is reused when nothing it depends on
 changed: its injected parameters, its notebook's source, the library modules it loads (``provenance.code_digest``),
-its upstream stages, and the files under ``data_root`` when it declares that parameter (``provenance.data_digest``).
-The runner says why each stage runs; ``--force`` reruns it. ``--only`` refuses to run over an earlier stage that is
+its upstream stages, and the files under ``data_root`` when it declares that parameter (``provenance.data_digest``);
+and only while the files it wrote are still as it wrote them (their hashes are in its record). The runner says why
+each stage runs; ``--force`` reruns it. ``--only`` refuses to run over an earlier stage that is
 missing or out of date. The README ("Running the systems") introduces this module.
 """
 from __future__ import annotations
@@ -281,7 +282,14 @@ class Runner:
         if "data_root" in self.declared[f"{name}.ipynb"] and "data" in record and \
                 record["data"] != provenance.data_digest(ROOT / params["data_root"]):
             return f"data changed under {params['data_root']}"
-        return None
+        return provenance.damaged_output(ROOT / params["results_dir"], record.get("outputs", {}))
+
+    @staticmethod
+    def _snapshot(params: P.Params) -> dict[str, tuple[int, int]]:
+        """The results folder's files, without the runner's own (executed notebooks, records) and the data."""
+        root = ROOT / params["results_dir"]
+        snap = provenance.snapshot(root, skip=(ROOT / params["data_root"],) if "data_root" in params.values else ())
+        return {k: v for k, v in snap.items() if "notebooks" not in k.split("/")[:-1]}
 
     def stage(self, name: str, scope: str, params: P.Params, upstream: list[str]) -> dict[str, Any]:
         """Run (or reuse) one notebook; return its record (``finished`` feeds the next stage's key)."""
@@ -303,6 +311,7 @@ class Runner:
         if self.bar is not None:
             self.bar.set_postfix_str(f"{label} {name}")
         t0 = time.perf_counter()
+        before = self._snapshot(params)
         try:
             execute(notebook_path(name), out, injected, self.log_output, self.kernel)
         except StageFailed:
@@ -310,7 +319,8 @@ class Runner:
             raise
         seconds = time.perf_counter() - t0
         record = {"parts": parts, "seconds": round(seconds, 2), "params": injected,
-                  "finished": datetime.now(timezone.utc).isoformat(timespec="microseconds")}
+                  "finished": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+                  "outputs": provenance.written_files(ROOT / params["results_dir"], before, self._snapshot(params))}
         if "data_root" in injected:  # after the run: a stage may have generated the data
             record["data"] = provenance.data_digest(ROOT / params["data_root"])
         atomic_write(marker, json.dumps(record, indent=1))
@@ -431,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the stage bar follows the terminal; made before the notebooks' own bars are switched off below
     bar = progress.bar(total=n_stages, desc="asd-run", unit="stage", leave=True)
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would bloat the executed notebooks
+    if args.force:  # the notebooks see it: fine-tuning starts over instead of resuming
+        os.environ[P.FORCE_ENV] = "1"
     runner = Runner(force=args.force, dry_run=args.dry_run, log_output=args.log_output, kernel=args.kernel,
                     declared=declared, bar=bar)
     t0 = time.perf_counter()

@@ -313,3 +313,31 @@ def test_the_runner_shows_one_bar_over_its_stages_in_a_terminal():
     n_lines = len(re.findall(r": would run \(", text))
     assert n_lines == 11  # 10 stages of the system + the tables
     assert re.search(rf"asd-run: 100%\|[^\r\n]*\| {n_lines}/{n_lines} ", text)
+
+
+def test_a_damaged_output_reruns_its_stage_and_force_retrains_from_scratch(smoke_run):
+    """Last in this module: it leaves the smoke run's later stages out of date."""
+    import re
+
+    tmp, overlay, first, _ = smoke_run
+    assert first.returncode == 0
+    assert _run("--system", "dev_offline", "--params", SMOKE, overlay).returncode == 0  # current again after the above
+    res = tmp / "results"
+    npz = sorted((res / "dev" / "scores").rglob("knn/*.npz"))[0]
+    content, st = npz.read_bytes(), npz.stat()
+    npz.write_bytes(content[: len(content) // 2])  # truncated, as by a full disk or a killed copy
+    try:
+        out = _run("--system", "dev_offline", "--params", SMOKE, overlay, "--dry-run")
+        assert out.returncode == 0, out.stderr
+        assert re.search(r"03a_score_knn: would run \(its output dev/scores/\S+/knn/\S+\.npz changed since it was "
+                         r"written\)", out.stdout), out.stdout
+        assert "02_extract_embeddings: reused" in out.stdout and "04_normalise_and_fuse: would run" in out.stdout
+    finally:
+        npz.write_bytes(content)
+        os.utime(npz, ns=(st.st_atime_ns, st.st_mtime_ns))
+    ckpt = res / "dev" / "checkpoints" / "beats"
+    kept = {p.name: p.stat().st_mtime_ns for p in ckpt.glob("epoch_*.pt")}
+    out = _run("--system", "dev_offline", "--params", SMOKE, overlay, "--only", "01", "--force")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    # a finished last.pt would have made a resumed run train nothing; --force trained every epoch again
+    assert kept and all(ckpt.joinpath(n).stat().st_mtime_ns != t for n, t in kept.items())
