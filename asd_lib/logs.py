@@ -43,9 +43,10 @@ def level_from_env(default: str = "INFO") -> int:
     return getattr(logging, name)
 
 
-def configure(level: int | str | None = None) -> logging.Logger:
-    """Show the library's messages at ``level`` (default: $ASD_KIT_LOG, else INFO): information on stdout,
-    warnings and errors on stderr, the bare message without logger names. Calling it again only changes the level."""
+def configure(level: int | str | None = None, *, info_stream: str = "stdout") -> logging.Logger:
+    """Show the library's messages at ``level`` (default: $ASD_KIT_LOG, else INFO): information on ``info_stream``
+    (stdout; a command whose stdout is data, such as the online scorer's JSON lines, passes "stderr"), warnings and
+    errors on stderr, the bare message without logger names. Calling it again only changes the level and stream."""
     if level is None:
         level = level_from_env()
     elif isinstance(level, str):
@@ -54,13 +55,14 @@ def configure(level: int | str | None = None) -> logging.Logger:
         level = getattr(logging, level.upper())
     root = logging.getLogger("asd_lib")
     root.setLevel(level)
-    if not any(getattr(h, "_asd_kit", False) for h in root.handlers):
-        out, err = _CurrentStream("stdout"), _CurrentStream("stderr")
-        out.addFilter(lambda record: record.levelno < logging.WARNING)
-        err.setLevel(logging.WARNING)
-        for h in (out, err):
-            h._asd_kit = True
-            h.setFormatter(logging.Formatter("%(message)s"))
-            root.addHandler(h)
-        root.propagate = False
+    for h in [h for h in root.handlers if getattr(h, "_asd_kit", False)]:
+        root.removeHandler(h)
+    out, err = _CurrentStream(info_stream), _CurrentStream("stderr")
+    out.addFilter(lambda record: record.levelno < logging.WARNING)
+    err.setLevel(logging.WARNING)
+    for h in (out, err):
+        h._asd_kit = True
+        h.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(h)
+    root.propagate = False
     return root

@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--results-dir", default=None, help="--export: results root (default: from the params)")
     ap.add_argument("--overwrite", action="store_true", help="--export: replace an existing folder")
     args = ap.parse_args(argv)
-    logs.configure()
+    logs.configure(info_stream="stderr")  # stdout carries the JSON lines
 
     if args.threads:
         import torch

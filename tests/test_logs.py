@@ -60,6 +60,10 @@ def test_info_goes_to_stdout_warnings_to_stderr_and_the_switch_hides_info(monkey
     with pytest.raises(ValueError, match="choose one of"):
         logs.configure("chatty")
     monkeypatch.delenv(logs.ENV)
+    logs.configure(info_stream="stderr")  # a command whose stdout is data
+    log.info("progress note")
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == "progress note\n"
     logs.configure()
 
 

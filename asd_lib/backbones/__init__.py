@@ -68,7 +68,7 @@ def build_named(name: str, recipe: str | None = None, seed: int = 0, **overrides
     enc: Encoder = construct(BEATsEncoder if kind == "beats" else EATEncoder, cfg, recipe)
     enc.reset_parameters(seed)  # type: ignore[attr-defined]
     enc.source_format = f"named:{name}"
-    log.info("built %s (random weights, seed %d, recipe %s) cfg=%s", name, seed, enc.recipe,
+    log.debug("built %s (random weights, seed %d, recipe %s) cfg=%s", name, seed, enc.recipe,
              json.dumps(enc.cfg, sort_keys=True, default=str))
     return enc
 

@@ -174,7 +174,7 @@ def _load_fairseq(obj: dict, fmt: str, source: str, recipe: str | None, override
     _apply_overrides(cfg, overrides, {**EAT_DEFAULTS, **cfg}, source)
     state, dropped = _map_fairseq_keys(obj["model"], prefix, source)
     if dropped:
-        log.info("%s: dropped %d pre-training-only entries (decoder, _ema, ...)", source, len(dropped))
+        log.debug("%s: dropped %d pre-training-only entries (decoder, _ema, ...)", source, len(dropped))
     enc = construct(EATEncoder, validate_eat_cfg(cfg, source), recipe)
     load_strict(enc, state, source)
     enc.source_format, enc.source_cfg = fmt, copy.deepcopy(obj["cfg"])
@@ -244,7 +244,7 @@ def load_checkpoint(path: str | Path, recipe: str | None = None, allow_pickle: b
                 "{'_name': ...}}, 'model': ...}, or a Hugging Face folder with config.json + model.safetensors.")
     else:
         raise FileNotFoundError(f"{path}: no such checkpoint file or folder")
-    log.info("loaded %s (%s, %s format, recipe %s) cfg=%s", path, enc.kind, enc.source_format, enc.recipe,
+    log.debug("loaded %s (%s, %s format, recipe %s) cfg=%s", path, enc.kind, enc.source_format, enc.recipe,
              json.dumps(enc.cfg, sort_keys=True, default=str))
     return enc
 
