@@ -22,8 +22,9 @@ sibling and renamed into place, so a reader never sees half a system):
     classes.json         the class-label scheme the backbones were fine-tuned on (list of class names)
     calibration.json     z constants (mean, std) per scorer as the system uses them, decision threshold per machine
     backbones/<model>.pt the fine-tuned checkpoints, official format (byte copies of results/<regime>/checkpoints)
-    scorers/<model>/<machine>/<scorer>.joblib   fitted sklearn estimators incl. the AAU preprocessing (the
-                         autoencoder's weights are numpy arrays inside its AEScorer)
+    scorers/<model>/<machine>/<scorer>.json, .npz   the fitted scorers incl. the AAU preprocessing, written by
+                         ``asd_lib.scorer_io.save_scorer``: class, parameters and scalars in the JSON, arrays (the
+                         autoencoder's weights among them) in the npz
 
 How the exported scores stay equal to the batch ones. The embedding of a clip is computed exactly as
 ``asd_lib.embed.embed_paths`` does (same loader, same ``pool_tokens``, same channel mean); the scorers are refitted
@@ -31,8 +32,12 @@ from the cached TRAINING embeddings with the same factory (``asd_lib.scorers.mak
 the autoencoders trained as one batched model in the same job order as ``score_embeddings`` (so their weights are
 bit-identical), and the export REFUSES to write a system whose refitted scorers do not reproduce the cached raw
 test scores. The z constants and the per-machine thresholds come from ``asd_lib.fusion`` (``z_constants`` and
-``fuse_online``) over the same calibration scores. Joblib files are pickles: load systems you trust only (the
-manifest hashes guard against corruption and partial copies, not against a malicious author).
+``fuse_online``) over the same calibration scores.
+
+Loading a folder does no unrestricted unpickling: the scorers are read with ``json`` and ``np.load(allow_pickle=False)``
+(``asd_lib.scorer_io.load_scorer``), the checkpoints with ``torch.load(weights_only=True)`` (torch's restricted
+loader: tensors and plain containers only, no fallback). The manifest hashes detect damage and partial copies; they
+are not a signature (whoever can write the folder can rewrite them).
 """
 from __future__ import annotations
 
@@ -51,6 +56,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from asd_lib.fsutil import file_sha256, replace_dir, temp_dir
+from asd_lib.scorer_io import load_scorer, save_scorer
 from asd_lib.scorers import scorer_params_from
 
 __all__ = [
@@ -68,7 +74,7 @@ __all__ = [
     "fusion_args_from",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: scorers as JSON + npz (version 1 held joblib pickles)
 FORMAT_NAME = "asd-kit online system"
 SAMPLE_RATE = 16000
 PATCH_FRAMES = 16  # both encoders cut the fbank into 16 x 16 patches
@@ -529,8 +535,6 @@ class OnlineSystem:
         ``checkpoint_sources``: model id -> official checkpoint file to copy byte for byte; models without one are
         written with ``encoder.save`` (official format).
         """
-        import joblib
-
         out = Path(out_dir).expanduser().absolute()
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it, or choose "
@@ -550,9 +554,7 @@ class OnlineSystem:
             for mc, per_model in self.scorers.items():
                 for mid, per_scorer in per_model.items():
                     for sid, est in per_scorer.items():
-                        path = tmp / "scorers" / mid / mc / f"{sid}.joblib"
-                        path.parent.mkdir(parents=True, exist_ok=True)
-                        joblib.dump(est, path)
+                        save_scorer(est, tmp / "scorers" / mid / mc / sid)
             system = {"models": models, "channel": self.channel, "pooling": self.pooling,
                       "duration": self.duration, "scorers": list(self.scorer_ids), "machines": self.machines,
                       "sample_rate": SAMPLE_RATE, "normalisation": self.normalisation, "fusion": self.fusion,
@@ -614,10 +616,9 @@ def load_system(system_dir: str | Path, expected_classes: Any = None, device: st
     Checks: the folder and manifest.json exist and are of this format version; every listed file is present with
     its sha256; the class-label scheme matches ``expected_classes`` (a list, a classes.json path or a ``scan``
     DataFrame) when given. Version differences (asd_lib, torch, sklearn, numpy) become notes (``system.notes``
-    and a warning), or errors with ``strict_versions``.
+    and a warning), or errors with ``strict_versions``. Reads no pickle: scorers with ``load_scorer`` (JSON +
+    npz), checkpoints with ``load_backbone`` (``torch.load(weights_only=True)``).
     """
-    import joblib
-
     from asd_lib.backbones import load_backbone
 
     root = Path(system_dir).expanduser()
@@ -679,10 +680,8 @@ def load_system(system_dir: str | Path, expected_classes: Any = None, device: st
     for spec in models:
         enc = load_backbone(root / spec.file, recipe=spec.recipe)
         encoders[spec.id] = enc.to(device).eval()
-    scorers: dict[str, dict[str, dict[str, Any]]] = {}
-    for mc in system["machines"]:
-        scorers[mc] = {spec.id: {s: joblib.load(root / "scorers" / spec.id / mc / f"{s}.joblib")
-                                 for s in system["scorers"]} for spec in models}
+    scorers = {mc: {spec.id: {s: _load_scorer_of(root, spec.id, mc, s) for s in system["scorers"]}
+                    for spec in models} for mc in system["machines"]}
     constants = {}
     for c in calib["z_constants"]:
         key = f"{c['machine']}|{c['model']}|{c['scorer']}" if "machine" in c else c["scorer"]
@@ -695,6 +694,15 @@ def load_system(system_dir: str | Path, expected_classes: Any = None, device: st
                         normalisation=calib["normalisation"], fusion=system["fusion"],
                         quantile=float(system.get("quantile", 0.9)), classes=classes, classes_with_channel=with_ch,
                         params=params, notes=notes, root=root, device=device)
+
+
+def _load_scorer_of(root: Path, model: str, machine: str, scorer: str) -> Any:
+    """The fitted scorer ``scorers/<model>/<machine>/<scorer>.{json,npz}`` of a system folder."""
+    try:
+        return load_scorer(root / "scorers" / model / machine / scorer)
+    except (OSError, ValueError) as err:
+        raise SystemLoadError(f"refusing to load {root}: {err}. Copy the whole folder again or re-export the "
+                              "system") from None
 
 
 # --------------------------------------------------------------------------------------------- export

@@ -124,7 +124,8 @@ def test_export_contents_and_manifest(demo, system):
     assert set(man["versions"]) >= {"asd_lib", "torch", "sklearn", "numpy"}
     files = set(man["files"])
     assert {f"backbones/{m}.pt" for m in MODELS} <= files
-    assert {f"scorers/{m}/{mc}/{s}.joblib" for m in MODELS for mc in MACHINES for s in SCORERS} <= files
+    assert {f"scorers/{m}/{mc}/{s}.{ext}" for m in MODELS for mc in MACHINES for s in SCORERS
+            for ext in ("json", "npz")} <= files
     assert {"system.json", "params.json", "classes.json", "calibration.json"} <= files
     for rel, meta in man["files"].items():
         assert file_sha256(d / rel) == meta["sha256"]
@@ -147,8 +148,8 @@ def test_load_refuses_damaged_or_foreign_systems(demo, tmp_path):
     src = demo["system_dir"]
     bad = tmp_path / "sys"
     shutil.copytree(src, bad)
-    (bad / "scorers/beats@1/fan/knn.joblib").unlink()
-    with pytest.raises(SystemLoadError, match=r"missing file scorers/beats@1/fan/knn\.joblib"):
+    (bad / "scorers/beats@1/fan/knn.npz").unlink()
+    with pytest.raises(SystemLoadError, match=r"missing file scorers/beats@1/fan/knn\.npz"):
         online.load_system(bad)
     shutil.rmtree(bad)
     shutil.copytree(src, bad)
@@ -166,6 +167,71 @@ def test_load_refuses_damaged_or_foreign_systems(demo, tmp_path):
     (bad / "manifest.json").unlink()
     with pytest.raises(SystemLoadError, match="manifest.json is missing"):
         online.load_system(bad)
+
+
+def _rehash(folder: Path, rel: str) -> None:
+    """Record the current sha256 of ``rel`` in the folder's manifest, as whoever edits a folder can."""
+    man = json.loads((folder / "manifest.json").read_text())
+    man["files"][rel]["sha256"] = file_sha256(folder / rel)
+    (folder / "manifest.json").write_text(json.dumps(man))
+
+
+def test_load_refuses_old_formats_and_unknown_scorer_classes(demo, tmp_path):
+    """A folder of format version 1 (joblib scorers) is refused; so is a scorer file naming a class the kit does not
+    know, even with the manifest hashes rewritten to match."""
+    bad = tmp_path / "sys"
+    shutil.copytree(demo["system_dir"], bad)
+    man = json.loads((bad / "manifest.json").read_text())
+    (bad / "manifest.json").write_text(json.dumps({**man, "format_version": 1}))
+    with pytest.raises(SystemLoadError, match=r"version 1; this asd_lib reads .* version 2\. Export the system"):
+        online.load_system(bad)
+    (bad / "manifest.json").write_text(json.dumps(man))
+    rel = "scorers/sslam@1/valveEmu/ldn.json"
+    doc = json.loads((bad / rel).read_text())
+    doc["estimator"]["class"] = "builtins.eval"
+    (bad / rel).write_text(json.dumps(doc))
+    _rehash(bad, rel)
+    with pytest.raises(SystemLoadError, match=r"ldn\.json: unknown scorer class 'builtins\.eval'"):
+        online.load_system(bad)
+
+
+def test_exported_folder_loads_without_pickle(demo, system, clips, monkeypatch):
+    """The folder holds no pickle file, and loading it and scoring a clip work with every unpickling path
+    (pickle.load/loads, joblib.load, np.load with allow_pickle=True, torch.load without weights_only) refused."""
+    import pickle
+
+    import joblib
+
+    d = demo["system_dir"]
+    assert not [p for p in d.rglob("*") if p.suffix in (".joblib", ".pkl", ".pickle")]
+    want = system.score_clip(clips["good"])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an exported system was read with pickle")
+
+    np_load, torch_load, calls = np.load, torch.load, []
+
+    def np_load_no_pickle(file, *args, **kwargs):
+        if kwargs.get("allow_pickle", args[1] if len(args) > 1 else False):
+            refuse()
+        calls.append(("np.load", Path(file).suffix))
+        return np_load(file, *args, **kwargs)
+
+    def torch_load_weights_only(f, *args, **kwargs):
+        if kwargs.get("weights_only") is not True:
+            refuse()
+        calls.append(("torch.load", Path(f).suffix))
+        return torch_load(f, *args, **kwargs)
+
+    for module, name in ((pickle, "load"), (pickle, "loads"), (joblib, "load")):
+        monkeypatch.setattr(module, name, refuse)
+    monkeypatch.setattr(np, "load", np_load_no_pickle)
+    monkeypatch.setattr(torch, "load", torch_load_weights_only)
+    loaded = online.load_system(d)
+    got = loaded.score_clip(clips["good"])
+    assert calls.count(("np.load", ".npz")) == len(MODELS) * len(MACHINES) * len(SCORERS)
+    assert calls.count(("torch.load", ".pt")) == len(MODELS)
+    assert got["fused"] == want["fused"] and got["raw"] == want["raw"]
 
 
 def test_export_refusals(demo, tmp_path):

@@ -310,6 +310,128 @@ def test_ae_seeded_and_reproducible():
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# storing fitted scorers without pickle (asd_lib.scorer_io)
+# ----------------------------------------------------------------------------------------------------------------
+# every estimator an exported online system can hold: make_scorer with and without the AAU preprocessing
+STORED_KINDS = {
+    "knn+aau": ("knn", "aau", {}),
+    "knn-domain-banks": ("knn", "none", {"n_neighbors": 3, "pooling": "mean", "domain_banks": True}),
+    "gmm+aau": ("gmm", "aau", {"n_components": 2}),
+    "gmm-aau-online": ("gmm", "aau", {"variant": "aau-online"}),
+    "ae+aau": ("ae", "aau", {"max_epochs": 2, "bottleneck": 4}),
+    "ae": ("ae", "none", {"max_epochs": 2, "hidden": 8, "bottleneck": 4}),
+    "ldn-aau-gwrp": ("ldn", "aau", {}),
+    "ldn-reference-knn": ("ldn", "aau", {"variant": "reference", "density": "knn", "n_neighbors": 2}),
+    "ldn-plain-nn": ("ldn", "aau", {"variant": "reference", "density": "none"}),
+}
+
+
+def _fitted_kind(kind: str):
+    """(fitted estimator, new data) for one of STORED_KINDS."""
+    sid, pre, params = STORED_KINDS[kind]
+    rng = np.random.default_rng(11)
+    X, Y = rng.standard_normal((70, 12)), rng.standard_normal((15, 12))
+    dom = np.array(["source"] * 60 + ["target"] * 10)
+    return S._fit(S.make_scorer(sid, preprocess=pre, **params), X, dom), Y
+
+
+def _assert_same_state(a, b, where="est"):
+    """Same type, parameters and fitted attributes (arrays equal in value and dtype), recursively."""
+    from sklearn.base import BaseEstimator
+
+    if isinstance(a, BaseEstimator):
+        assert type(a) is type(b), where
+        _assert_same_state(vars(a), vars(b), where)
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype, where
+        np.testing.assert_array_equal(a, b, err_msg=where)
+    elif isinstance(a, dict):
+        assert sorted(a) == sorted(b), where
+        for k in a:
+            _assert_same_state(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, (where, a, b)
+
+
+@pytest.mark.parametrize("kind", sorted(STORED_KINDS))
+def test_stored_scorer_loads_identical(kind, tmp_path):
+    """load_scorer(save_scorer(est)) has the same fitted state and gives the same scores bit for bit.
+
+    KNN banks are refitted on load; the brute-force search recomputes the same distance matrix from the same
+    arrays, so the k smallest distances (all the score uses) are the same even where ties could swap neighbours.
+    """
+    from asd_lib.scorer_io import load_scorer, save_scorer
+
+    est, Y = _fitted_kind(kind)
+    files = save_scorer(est, tmp_path / "scorer")
+    assert [f.name for f in files] == ["scorer.json", "scorer.npz"]
+    back = load_scorer(tmp_path / "scorer")
+    _assert_same_state(est, back)
+    np.testing.assert_array_equal(back.decision_function(Y), est.decision_function(Y))
+    final = S._final(back)
+    if hasattr(final, "loo_decision_function"):
+        np.testing.assert_array_equal(final.loo_decision_function(), S._final(est).loo_decision_function())
+
+
+def test_stored_ae_weights_held_as_tensors_come_back_as_numpy(tmp_path):
+    """Autoencoder weights held as torch tensors are stored as arrays and load as the numpy arrays _ae_mse takes."""
+    torch = pytest.importorskip("torch")
+    from asd_lib.scorer_io import load_scorer, save_scorer
+
+    est, Y = _fitted_kind("ae")
+    want = est.decision_function(Y)
+    est.params_ = {k: torch.from_numpy(v) for k, v in est.params_.items()}
+    save_scorer(est, tmp_path / "ae")
+    back = load_scorer(tmp_path / "ae")
+    assert all(type(v) is np.ndarray and v.dtype == np.float32 for v in back.params_.values())
+    np.testing.assert_array_equal(back.decision_function(Y), want)
+
+
+def test_stored_scorer_refuses_what_it_cannot_read(tmp_path):
+    """Unknown class, other format version, missing or object arrays, unstorable estimators: clear errors."""
+    import json
+
+    from sklearn.preprocessing import StandardScaler
+
+    from asd_lib.scorer_io import load_scorer, save_scorer
+
+    est, _ = _fitted_kind("knn+aau")
+    save_scorer(est, tmp_path / "knn")
+    doc = json.loads((tmp_path / "knn.json").read_text())
+
+    def write(obj):
+        (tmp_path / "knn.json").write_text(json.dumps(obj))
+
+    write({**doc, "format_version": 99})
+    with pytest.raises(ValueError, match=r"knn\.json: format 'asd-kit scorer' version 99"):
+        load_scorer(tmp_path / "knn")
+    evil = json.loads(json.dumps(doc))
+    evil["estimator"]["steps"][1][1]["class"] = "os.system"
+    write(evil)
+    with pytest.raises(ValueError, match=r"knn\.json: unknown scorer class 'os.system'"):
+        load_scorer(tmp_path / "knn")
+    write(doc)
+    arrays = dict(np.load(tmp_path / "knn.npz"))
+    np.savez(tmp_path / "knn.npz", **{k: v for k, v in arrays.items() if k != "pre.quantiles_"})
+    with pytest.raises(ValueError, match=r"knn\.json: array 'pre.quantiles_' is missing"):
+        load_scorer(tmp_path / "knn")
+    np.savez(tmp_path / "knn.npz", **{**arrays, "pre.quantiles_": np.array([{"a": 1}], dtype=object)})
+    with pytest.raises(ValueError, match=r"knn\.npz: cannot be read"):
+        load_scorer(tmp_path / "knn")
+    with pytest.raises(ValueError, match="cannot store a StandardScaler"):
+        save_scorer(StandardScaler().fit(np.ones((3, 2))), tmp_path / "other")
+    with pytest.raises(ValueError, match="not fitted"):
+        save_scorer(KNNScorer(), tmp_path / "other")
+    est[-1].bank_keys_ = np.array(["all"])
+    with pytest.raises(ValueError, match="only numeric arrays"):
+        save_scorer(est, tmp_path / "other")
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # the score cache
 # ----------------------------------------------------------------------------------------------------------------
 def _fake_embeddings(root, models, machines, rng, n_train=60, n_test=20, dim=16):
