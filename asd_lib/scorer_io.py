@@ -2,8 +2,9 @@
 
 ``save_scorer(est, "dir/knn")`` writes ``dir/knn.json`` and ``dir/knn.npz``; ``load_scorer("dir/knn")`` rebuilds
 the fitted estimator from them with ``json`` and ``np.load(..., allow_pickle=False)``: the files hold data only,
-and the classes they name must be among the few below (anything else is refused). Covered: ``AAUPreprocess``, ``KNNScorer``, ``GMMScorer``, ``AEScorer``,
-``LDNScorer``, and an sklearn ``Pipeline`` of them (``make_scorer`` puts ``AAUPreprocess`` in front).
+and the classes they name must be among the few below (anything else is refused). Covered: ``AAUPreprocess``,
+``KNNScorer``, ``GMMScorer``, ``AEScorer``, ``LDNScorer``, and an sklearn ``Pipeline`` of them (``make_scorer`` puts
+``AAUPreprocess`` in front).
 
 The JSON holds the format name and version and one node per estimator: its class name, its constructor parameters
 (``get_params(deep=False)``) and its fitted attributes. Strings, numbers, booleans and None are stored in the JSON;
