@@ -20,6 +20,7 @@ distance-based neighbourhoods be dominated by whichever channel varies more).
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -173,12 +174,33 @@ def embedding_path(out_root: str | Path, model_id: str, channel: str, machine: s
 
 
 def load_embeddings(out_root: str | Path, model_id: str, channel: str, machine: str, split: str) -> dict:
-    """Read one cached file: dict with emb (N, D) float32, names, labels (0/1/-1), domains ('' unknown)."""
+    """Read one cached file: dict with emb (N, D) float32, names, labels (0/1/-1), domains ('' unknown).
+
+    A missing file is a FileNotFoundError, a damaged or foreign one a ValueError; both name the file."""
     path = embedding_path(out_root, model_id, channel, machine, split)
     if not path.exists():
         raise FileNotFoundError(f"no embeddings at {path}; run asd_lib.embed.extract_embeddings first")
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in ("emb", "names", "labels", "domains")}
+    keys = ("emb", "names", "labels", "domains")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = set(keys) - set(z.files)
+            out = {k: z[k] for k in keys if k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path}: not a readable embedding file ({err}); run the embedding stage again") from None
+    if missing:
+        raise ValueError(f"{path}: missing keys {sorted(missing)} (expected {', '.join(keys)}); run the embedding "
+                         "stage again")
+    if out["emb"].ndim != 2 or len(out["emb"]) != len(out["names"]):
+        raise ValueError(f"{path}: emb {out['emb'].shape} and names {out['names'].shape} disagree")
+    return out
+
+
+def embedded_machines(out_root: str | Path, model_id: str, channel: str) -> list[str]:
+    """The machines that have training embeddings of ``model_id`` / ``channel`` under ``out_root``."""
+    folder = embedding_path(out_root, model_id, channel, "x", "train").parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no embedding folder {folder}; run the embedding stage first")
+    return sorted(p.name[: -len("_train.npz")] for p in folder.glob("*_train.npz"))
 
 
 def embedding_source(out_root: str | Path, model_id: str, channel: str, machine: str, split: str) -> str:

@@ -734,14 +734,14 @@ def _refit_scorers(emb_root: Path, models: Sequence[str], machines: Sequence[str
     from sklearn.base import clone
     from sklearn.pipeline import Pipeline
 
-    from asd_lib.embed import load_embeddings
-    from asd_lib.scorers import _domain_array, _fit, _machines, holdout_split, make_scorer, train_autoencoders
+    from asd_lib.embed import embedded_machines, load_embeddings
+    from asd_lib.scorers import _domain_array, _fit, holdout_split, make_scorer, train_autoencoders
 
     out: dict[str, dict[str, dict[str, Any]]] = {mc: {m: {} for m in models} for mc in machines}
     ae_jobs = []
     for model in models:
         # score_embeddings trains the AEs of every machine with training embeddings together: list them all
-        every = _machines(emb_root / model / channel) if "ae" in scorer_ids else list(machines)
+        every = embedded_machines(emb_root, model, channel) if "ae" in scorer_ids else list(machines)
         for mc in every:
             tr = load_embeddings(emb_root, model, channel, mc, "train")
             Xtr = tr["emb"].astype(np.float64)

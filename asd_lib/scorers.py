@@ -46,7 +46,7 @@ from sklearn.preprocessing import normalize as sk_normalize
 from sklearn.utils.validation import check_is_fitted
 
 from asd_lib import progress
-from asd_lib.embed import load_embeddings
+from asd_lib.embed import embedded_machines, load_embeddings
 from asd_lib.fsutil import atomic_savez
 
 __all__ = [
@@ -873,28 +873,9 @@ def scorer_params_from(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _load_emb(path: Path) -> dict[str, np.ndarray]:
-    if not path.exists():
-        raise FileNotFoundError(f"missing embeddings file {path}; run the embedding stage (asd_lib.embed) first")
-    with np.load(path, allow_pickle=False) as z:
-        missing = {"emb", "names"} - set(z.files)
-        if missing:
-            raise ValueError(f"{path}: missing keys {sorted(missing)} (expected emb, names, labels, domains)")
-        out = {k: z[k] for k in z.files}
-    if out["emb"].ndim != 2 or len(out["emb"]) != len(out["names"]):
-        raise ValueError(f"{path}: emb {out['emb'].shape} and names {out['names'].shape} disagree")
-    return out
-
-
 def score_path(score_root: str | Path, model: str, channel: str, scorer: str, machine: str) -> Path:
     """results/<regime>/scores/<model>/<channel>/<scorer>/<machine>.npz"""
     return Path(score_root) / model / channel / scorer / f"{machine}.npz"
-
-
-def _machines(emb_dir: Path) -> list[str]:
-    if not emb_dir.is_dir():
-        raise FileNotFoundError(f"no embedding folder {emb_dir}; run the embedding stage first")
-    return sorted(p.name[: -len("_train.npz")] for p in emb_dir.glob("*_train.npz"))
 
 
 def score_embeddings(
@@ -936,18 +917,16 @@ def score_embeddings(
     written: list[Path] = []
     ae_jobs: list[dict[str, Any]] = []
     for model in models:
-        emb_dir = Path(emb_root) / model / channel
-        for machine in (machines if machines is not None else _machines(emb_dir)):
+        for machine in (machines if machines is not None else embedded_machines(emb_root, model, channel)):
             todo = [s for s in scorers if force or not score_path(score_root, model, channel, s, machine).exists()]
             if not todo:
                 continue
-            tr = _load_emb(emb_dir / f"{machine}_train.npz")
-            te = _load_emb(emb_dir / f"{machine}_test.npz")
+            tr, te = (load_embeddings(emb_root, model, channel, machine, split) for split in ("train", "test"))
             Xtr = tr["emb"].astype(np.float64)
             Xte = te["emb"].astype(np.float64)
             dom = tr.get("domains")
             dom = None if dom is None or np.all(np.asarray(dom).astype(str) == "") else \
-                _domain_array(dom, len(Xtr), str(emb_dir / f"{machine}_train.npz"))
+                _domain_array(dom, len(Xtr), f"{model}/{channel}/{machine} training embeddings")
             tr_names = np.asarray(tr["names"]).astype(str)
             te_names = np.asarray(te["names"]).astype(str)
             fit_idx, held = holdout_split(dom, len(Xtr), seed=seed, names=tr_names)
