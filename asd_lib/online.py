@@ -27,10 +27,9 @@ sibling and renamed into place, so a reader never sees half a system):
                          autoencoder's weights among them) in the npz
 
 How the exported scores stay equal to the batch ones. The embedding of a clip is computed exactly as
-``asd_lib.embed.embed_paths`` does (same loader, same ``pool_tokens``, same channel mean); the scorers are refitted
-from the cached TRAINING embeddings with the same factory (``asd_lib.scorers.make_scorer``), seed and parameters,
-the autoencoders trained as one batched model in the same job order as ``score_embeddings`` (so their weights are
-bit-identical), and the export REFUSES to write a system whose refitted scorers do not reproduce the cached raw
+``asd_lib.embed.embed_paths`` does (same loader, same ``pool_tokens``, same channel mean); the scorers are the very
+ones the scoring stage fitted on the TRAINING embeddings and stored next to its scores (``scorers.fitted_path``),
+copied byte for byte, and the export REFUSES to write a system whose stored scorers do not reproduce the cached raw
 test scores. The z constants and the per-machine thresholds come from ``asd_lib.fusion`` (``z_constants`` and
 ``fuse_online``) over the same calibration scores.
 
@@ -56,8 +55,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from asd_lib.fsutil import file_sha256, replace_dir, temp_dir
-from asd_lib.scorer_io import load_scorer, save_scorer
-from asd_lib.scorers import scorer_params_from
+from asd_lib.scorer_io import load_scorer, save_scorer, scorer_files
 
 __all__ = [
     "FORMAT_VERSION",
@@ -529,11 +527,14 @@ class OnlineSystem:
 
     # ---- persistence
     def save(self, out_dir: str | Path, overwrite: bool = False, extra_manifest: Mapping[str, Any] | None = None,
-             checkpoint_sources: Mapping[str, str | Path] | None = None) -> Path:
+             checkpoint_sources: Mapping[str, str | Path] | None = None,
+             scorer_sources: Mapping[tuple[str, str, str], str | Path] | None = None) -> Path:
         """Write the system folder atomically (temp sibling + rename); returns its path.
 
         ``checkpoint_sources``: model id -> official checkpoint file to copy byte for byte; models without one are
-        written with ``encoder.save`` (official format).
+        written with ``encoder.save`` (official format). ``scorer_sources``: (machine, model id, scorer) -> the
+        ``scorer_io`` files (path without suffix) of that fitted scorer, copied byte for byte; the others are written
+        with ``save_scorer``.
         """
         out = Path(out_dir).expanduser().absolute()
         if out.exists() and not overwrite:
@@ -551,10 +552,17 @@ class OnlineSystem:
                 else:
                     self.encoders[spec.id].save(tmp / rel)
                 models.append({**asdict(spec), "file": rel})
+            stored = dict(scorer_sources or {})
             for mc, per_model in self.scorers.items():
                 for mid, per_scorer in per_model.items():
                     for sid, est in per_scorer.items():
-                        save_scorer(est, tmp / "scorers" / mid / mc / sid)
+                        dest = tmp / "scorers" / mid / mc / sid
+                        if (mc, mid, sid) in stored:
+                            dest.parent.mkdir(parents=True, exist_ok=True)
+                            for src, dst in zip(scorer_files(stored[mc, mid, sid]), scorer_files(dest)):
+                                shutil.copyfile(src, dst)
+                        else:
+                            save_scorer(est, dest)
             system = {"models": models, "channel": self.channel, "pooling": self.pooling,
                       "duration": self.duration, "scorers": list(self.scorer_ids), "machines": self.machines,
                       "sample_rate": SAMPLE_RATE, "normalisation": self.normalisation, "fusion": self.fusion,
@@ -723,64 +731,47 @@ def _checkpoint_info(ckpt: Path) -> tuple[str | None, list[str], bool]:
     return recipe, classes, with_ch
 
 
-def _refit_scorers(emb_root: Path, models: Sequence[str], machines: Sequence[str], scorer_ids: Sequence[str],
-                   channel: str, preprocess: str, seed: int, scorer_params: Mapping[str, Mapping[str, Any]]
-                   ) -> dict[str, dict[str, dict[str, Any]]]:
-    """Fit every (machine, model, scorer) on the cached training embeddings as ``score_embeddings`` does.
+def _stored_scorers(score_root: Path, models: Sequence[str], machines: Sequence[str], scorer_ids: Sequence[str],
+                    channel: str) -> dict[tuple[str, str, str], Path]:
+    """(machine, model, scorer) -> the fitted scorer the scoring stage stored (``scorers.fitted_path``)."""
+    from asd_lib.scorers import fitted_path
 
-    Autoencoders: ``score_embeddings`` trains the final AE and the held-out AE of every (model, machine) together
-    with ``train_autoencoders``; the same dataset list here gives the same weights bit for bit.
-    """
-    from sklearn.base import clone
-    from sklearn.pipeline import Pipeline
-
-    from asd_lib.embed import embedded_machines, load_embeddings
-    from asd_lib.scorers import _domain_array, _fit, holdout_split, make_scorer, train_autoencoders
-
-    out: dict[str, dict[str, dict[str, Any]]] = {mc: {m: {} for m in models} for mc in machines}
-    ae_jobs = []
-    for model in models:
-        # score_embeddings trains the AEs of every machine with training embeddings together: list them all
-        every = embedded_machines(emb_root, model, channel) if "ae" in scorer_ids else list(machines)
-        for mc in every:
-            tr = load_embeddings(emb_root, model, channel, mc, "train")
-            Xtr = tr["emb"].astype(np.float64)
-            dom = tr.get("domains")
-            dom = None if dom is None or np.all(np.asarray(dom).astype(str) == "") else dom
-            names = np.asarray(tr["names"]).astype(str)
+    out = {}
+    for mc in machines:
+        for m in models:
             for sid in scorer_ids:
-                if sid != "ae" and mc not in out:
-                    continue
-                est = make_scorer(sid, preprocess=preprocess, seed=seed, device="cpu",
-                                  **dict(scorer_params.get(sid, {})))
-                if sid == "ae":
-                    ae_jobs.append((model, mc, est, Xtr, dom, names))
-                    continue
-                out[mc][model][sid] = _fit(est, Xtr, _domain_array(dom, len(Xtr), f"{model}/{mc}"))
-    if ae_jobs:
-        fits, pres = [], []
-        for model, mc, est, Xtr, dom, names in ae_jobs:
-            pre = est.steps[0][1] if isinstance(est, Pipeline) else None
-            fit_idx, _ = holdout_split(dom, len(Xtr), seed=seed, names=names)
-            if pre is not None:
-                p_all = clone(pre).fit(Xtr)
-                fits += [p_all.transform(Xtr), clone(pre).fit(Xtr[fit_idx]).transform(Xtr[fit_idx])]
-            else:
-                p_all = None
-                fits += [Xtr, Xtr[fit_idx]]
-            pres.append(p_all)
-        final = ae_jobs[0][2].steps[-1][1] if isinstance(ae_jobs[0][2], Pipeline) else ae_jobs[0][2]
-        seeds = [(j[2].steps[-1][1] if isinstance(j[2], Pipeline) else j[2]).seed for j in ae_jobs for _ in (0, 1)]
-        res = train_autoencoders(fits, seeds=seeds, **final._train_kwargs())
-        for j, ((model, mc, est, Xtr, _, _), p_all) in enumerate(zip(ae_jobs, pres)):
-            if isinstance(est, Pipeline):
-                est.steps[0] = (est.steps[0][0], p_all)
-                est.steps[-1][1]._set_fitted(res[2 * j], Xtr.shape[1])
-            else:
-                est._set_fitted(res[2 * j], Xtr.shape[1])
-            if mc in out:
-                out[mc][model]["ae"] = est
+                path = fitted_path(score_root, m, channel, sid, mc)
+                if not all(f.is_file() for f in scorer_files(path)):
+                    raise ExportError(f"no fitted {sid} scorer of {m}/{mc} at {path}.json/.npz: the scores under "
+                                      f"{score_root} were made by an older version of the kit; rerun the scoring "
+                                      "notebooks (03*, or asd-run --only 03 --force)")
+                out[mc, m, sid] = path
     return out
+
+
+def _check_settings(est: Any, scorer: str, vals: Mapping[str, Any], where: str) -> None:
+    """ExportError unless a stored scorer has the settings these params give (parameters, preprocessing, seed)."""
+    from asd_lib.scorers import make_scorer, scorer_params_from
+
+    sp = scorer_params_from(vals).get(scorer, {})
+    want = make_scorer(scorer, preprocess=vals.get("preprocess", "aau"), seed=int(vals.get("seed", 0)), **sp)
+    got_steps = [type(e).__name__ for e in getattr(est, "named_steps", {"": est}).values()]
+    want_steps = [type(e).__name__ for e in getattr(want, "named_steps", {"": want}).values()]
+    drop = {"device"}  # where it ran, not what it computes
+    got = {k: v for k, v in _last(est).get_params().items() if k not in drop}
+    exp = {k: v for k, v in _last(want).get_params().items() if k not in drop}
+    if got_steps != want_steps or got != exp:
+        diff = sorted(k for k in set(got) | set(exp) if got.get(k) != exp.get(k))
+        raise ExportError(f"{where}: the {scorer} scorer the scoring stage stored ({' + '.join(got_steps)}"
+                          + (f"; {', '.join(f'{k}={got.get(k)!r}' for k in diff)}" if diff else "")
+                          + f") is not the one these params describe ({' + '.join(want_steps)}"
+                          + (f"; {', '.join(f'{k}={exp.get(k)!r}' for k in diff)}" if diff else "")
+                          + "): rerun the scoring notebooks (03*) with these params, or export with the params "
+                          "the scores were made with")
+
+
+def _last(est: Any) -> Any:
+    return est.steps[-1][1] if hasattr(est, "steps") else est
 
 
 def batch_online_scores(score_root: str | Path, models: Sequence[str], scorers: Sequence[str], channel: str,
@@ -792,15 +783,15 @@ def batch_online_scores(score_root: str | Path, models: Sequence[str], scorers: 
 
 
 def export_system(out_dir: str | Path, params: Any, *, results_dir: str | Path | None = None,
-                  machines: Sequence[str] | None = None, scorer_params: Mapping[str, Mapping[str, Any]] | None = None,
+                  machines: Sequence[str] | None = None,
                   overwrite: bool = False, rtol: float = 1e-7, atol: float = 1e-10) -> Path:
     """Export the online system of a finished batch run to ``out_dir``; returns the folder.
 
     ``params``: the system's parameters (results/<system>/params.json, a Params, a dict of values, a YAML or a
     system name); ``results_dir`` overrides ``params['results_dir']``. Reads results/<regime>/checkpoints,
-    embeddings (training) and scores; refits the scorers, checks that they reproduce the cached raw test scores
-    (``rtol``/``atol``; ExportError otherwise) and that the fused scores equal ``fuse_online``'s, then writes the
-    folder atomically.
+    embeddings and scores; takes the scorers the scoring stage fitted and stored (``scorers.fitted_path``, copied
+    byte for byte: nothing is refitted), checks that they reproduce the cached raw test scores (``rtol``/``atol``;
+    ExportError otherwise) and that the fused scores equal ``fuse_online``'s, then writes the folder atomically.
     """
     from asd_lib import params as P
     from asd_lib.fusion import AAU_Z_CONSTANTS, check_aau_constants, list_machines, load_machine_scores, z_constants
@@ -821,10 +812,6 @@ def export_system(out_dir: str | Path, params: Any, *, results_dir: str | Path |
         raise ExportError("the params name no models (ensemble is empty)")
     scorer_ids = list(vals.get("scorers", ["knn", "ae", "ldn"]))
     channel, pooling = vals.get("channel", "ch0"), vals.get("pooling", "gem")
-    seed, preprocess = int(vals.get("seed", 0)), vals.get("preprocess", "aau")
-    sparams = scorer_params_from(vals)
-    for k, v in (scorer_params or {}).items():
-        sparams[k] = {**sparams.get(k, {}), **dict(v)}
 
     # ---- backbones and the label scheme
     from asd_lib.embed import embedding_source, load_embeddings
@@ -866,7 +853,14 @@ def export_system(out_dir: str | Path, params: Any, *, results_dir: str | Path |
     missing = sorted(set(chosen) - set(all_machines))
     if missing:
         raise ExportError(f"machines {missing} have no cached scores for every model and scorer under {lay.scores}")
-    fitted = _refit_scorers(lay.embeddings, models, chosen, scorer_ids, channel, preprocess, seed, sparams)
+    stored = _stored_scorers(lay.scores, models, chosen, scorer_ids, channel)
+    fitted: dict[str, dict[str, dict[str, Any]]] = {mc: {m: {} for m in models} for mc in chosen}
+    for (mc, m, sid), path in stored.items():
+        try:
+            fitted[mc][m][sid] = load_scorer(path)
+        except (OSError, ValueError) as err:
+            raise ExportError(f"cannot read the fitted {sid} scorer of {m}/{mc}: {err}") from None
+        _check_settings(fitted[mc][m][sid], sid, vals, f"{path}.json")
 
     worst_raw = 0.0
     for mc in chosen:
@@ -881,10 +875,10 @@ def export_system(out_dir: str | Path, params: Any, *, results_dir: str | Path |
                 if not np.allclose(mine, ref, rtol=rtol, atol=atol):
                     err = float(np.max(np.abs(mine - ref)))
                     raise ExportError(
-                        f"the refitted {s} scorer of {m}/{mc} does not reproduce the cached raw test scores in "
-                        f"{lay.scores / m / channel / s / (mc + '.npz')} (max abs diff {err:.3g}). The cache was "
-                        f"made with other scorer parameters or code: rerun the scoring notebooks (03*) with these "
-                        f"params (--force), or pass scorer_params= as the notebooks used them ({sparams.get(s)})")
+                        f"the stored {s} scorer of {m}/{mc} does not reproduce the cached raw test scores in "
+                        f"{lay.scores / m / channel / s / (mc + '.npz')} (max abs diff {err:.3g}): the two files "
+                        f"are not from one run of the scoring stage; rerun the scoring notebooks (03*, or asd-run "
+                        f"--only 03 --force)")
                 worst_raw = max(worst_raw, float(np.max(np.abs(mine - ref), initial=0.0)))
 
     # ---- calibration constants and thresholds (fusion module, over ALL machines as the batch run)
@@ -930,4 +924,5 @@ def export_system(out_dir: str | Path, params: Any, *, results_dir: str | Path |
         "machines_checked": chosen, "note": "scores of the cached test EMBEDDINGS; clip-level equality (audio -> "
         "embedding) is tested in tests/test_online.py"},
         "built_from": {"results_dir": str(rdir), "regime": regime, "models": models}}
-    return system.save(out_dir, overwrite=overwrite, extra_manifest=extra, checkpoint_sources=sources)
+    return system.save(out_dir, overwrite=overwrite, extra_manifest=extra, checkpoint_sources=sources,
+                       scorer_sources=stored)

@@ -878,6 +878,19 @@ def score_path(score_root: str | Path, model: str, channel: str, scorer: str, ma
     return Path(score_root) / model / channel / scorer / f"{machine}.npz"
 
 
+def fitted_path(score_root: str | Path, model: str, channel: str, scorer: str, machine: str) -> Path:
+    """results/<regime>/scores/<model>/<channel>/<scorer>/fitted/<machine> (+ .json / .npz, ``scorer_io``): the
+    scorer fitted on every training clip, raw embeddings in, the written test scores out."""
+    return Path(score_root) / model / channel / scorer / "fitted" / machine
+
+
+def _save_fitted(est: BaseEstimator, pre: AAUPreprocess | None, scorer: str, path: Path) -> None:
+    """Store the fitted scorer as the online system will run it: behind its preprocessing when it had one."""
+    from asd_lib.scorer_io import save_scorer  # scorer_io reads this module's classes
+
+    save_scorer(Pipeline([("pre", pre), (scorer, est)]) if pre is not None else est, path)
+
+
 def score_embeddings(
     emb_root: str | Path,
     score_root: str | Path,
@@ -899,10 +912,11 @@ def score_embeddings(
     Reads ``<emb_root>/<model>/<channel>/<machine>_{train,test}.npz`` (emb, names, labels, domains) and writes
     ``<score_root>/<model>/<channel>/<scorer>/<machine>.npz`` with keys ``test`` (n_test,), ``calib`` (n_calib,),
     ``names`` (test file names), plus ``calib_names`` (training names of the calibration clips) and ``calib_kind``
-    ('loo' or 'holdout'). ``calibration='holdout'`` (the authors' method, the default) scores the clips that
-    ``holdout_split`` holds out with a clone fitted on the rest, for every scorer; 'loo' instead scores every training
-    clip with itself left out of the neighbour search, for the scorers that have that form (KNN, LDN; GMM and AE
-    stay held-out). Existing files are kept unless ``force``. With ``ae_batched`` all autoencoders (every
+    ('loo' or 'holdout'); and the scorer fitted on every training clip, behind its preprocessing, at ``fitted_path``
+    (``scorer_io`` files, which the online export copies). ``calibration='holdout'`` (the authors' method, the
+    default) scores the clips that ``holdout_split`` holds out with a clone fitted on the rest, for every scorer;
+    'loo' instead scores every training clip with itself left out of the neighbour search, for the scorers that have
+    that form (KNN, LDN; GMM and AE stay held-out). Existing files are kept unless ``force``. With ``ae_batched`` all autoencoders (every
     model, machine, calibration split and final fit) train as stacked batched models, which gives the same
     per-model recipe (see ``train_autoencoders``) at a fraction of the Python overhead.
     """
@@ -939,7 +953,7 @@ def score_embeddings(
                 views = dict(train=pre_all.transform(Xtr), test=pre_all.transform(Xte),
                              fit=pre_fit.transform(Xtr[fit_idx]), held=pre_fit.transform(Xtr[held]))
             else:
-                views = dict(train=Xtr, test=Xte, fit=Xtr[fit_idx], held=Xtr[held])
+                pre_all, views = None, dict(train=Xtr, test=Xte, fit=Xtr[fit_idx], held=Xtr[held])
             raw = dict(train=Xtr, test=Xte, fit=Xtr[fit_idx], held=Xtr[held])
             for sid in todo:
                 out = score_path(score_root, model, channel, sid, machine)
@@ -948,10 +962,13 @@ def score_embeddings(
                 sp = dict(scorer_params.get(sid, {}))
                 est = make_scorer(sid, preprocess="none", seed=seed, device=device, **sp)
                 v = raw if takes_raw_embeddings(sid, sp) else views
+                pre = pre_all if v is views else None
                 if sid == "ae" and ae_batched:
-                    ae_jobs.append(dict(est=est, views=v, out=out, te_names=te_names, calib_names=tr_names[held]))
+                    ae_jobs.append(dict(est=est, views=v, out=out, te_names=te_names, calib_names=tr_names[held],
+                                        pre=pre, fitted=fitted_path(score_root, model, channel, sid, machine)))
                     continue
                 est = _fit(est, v["train"], dom)
+                _save_fitted(est, pre, sid, fitted_path(score_root, model, channel, sid, machine))
                 test = est.decision_function(v["test"])
                 if calibration == "loo" and hasattr(est, "loo_decision_function"):
                     calib, cnames, kind = est.loo_decision_function(), tr_names, "loo"
@@ -973,6 +990,8 @@ def _score_ae_batched(jobs: list[dict[str, Any]]) -> list[Path]:
     res = train_autoencoders(fits, seeds=[j["est"].seed for j in jobs for _ in (0, 1)], **ae._train_kwargs())
     written = []
     for j, job in enumerate(jobs):
+        est = job["est"]._set_fitted(res[2 * j], job["views"]["train"].shape[1])
+        _save_fitted(est, job["pre"], "ae", job["fitted"])
         test = _ae_mse(res[2 * j]["params"], job["views"]["test"], ae.device)
         calib = _ae_mse(res[2 * j + 1]["params"], job["views"]["held"], ae.device)
         atomic_savez(job["out"], test=test, calib=calib, names=job["te_names"], calib_names=job["calib_names"],

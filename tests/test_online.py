@@ -22,7 +22,7 @@ import pytest
 torch = pytest.importorskip("torch")
 sf = pytest.importorskip("soundfile")
 
-from asd_lib import online  # noqa: E402
+from asd_lib import fsutil, online, scorers  # noqa: E402
 from asd_lib.fsutil import file_sha256  # noqa: E402
 from asd_lib.online import ClipError, ExportError, SystemLoadError  # noqa: E402
 
@@ -234,6 +234,23 @@ def test_exported_folder_loads_without_pickle(demo, system, clips, monkeypatch):
     assert got["fused"] == want["fused"] and got["raw"] == want["raw"]
 
 
+def test_export_copies_the_scoring_stages_fitted_scorers_and_refits_nothing(demo, tmp_path, monkeypatch):
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the export fitted a scorer")
+
+    for cls in (scorers.AAUPreprocess, scorers.KNNScorer, scorers.GMMScorer, scorers.AEScorer, scorers.LDNScorer):
+        monkeypatch.setattr(cls, "fit", no_fit)
+    monkeypatch.setattr(scorers, "train_autoencoders", no_fit)
+    out = online.export_system(tmp_path / "system", demo["vals"])
+    for m in MODELS:
+        for mc in MACHINES:
+            for s in SCORERS:
+                stored = scorers.fitted_path(demo["lay"].scores, m, "ch0", s, mc)
+                for ext in ("json", "npz"):
+                    assert file_sha256(out / "scorers" / m / mc / f"{s}.{ext}") == \
+                        file_sha256(stored.with_suffix(f".{ext}")), (m, mc, s, ext)
+
+
 def test_export_refusals(demo, tmp_path):
     """Existing folder, offline or test-dependent systems, scorer parameters other than the cache's."""
     vals = demo["vals"]
@@ -245,9 +262,20 @@ def test_export_refusals(demo, tmp_path):
         online.export_system(tmp_path / "b", {**vals, "online_decision": "aau-minmax"})
     with pytest.raises(ExportError, match="streaming"):
         online.export_system(tmp_path / "c", {**vals, "online_normalisation": "streaming"})
-    with pytest.raises(ExportError, match="does not reproduce the cached raw test scores"):
+    with pytest.raises(ExportError, match=r"n_neighbors=6\) is not the one these params describe .*n_neighbors=3"):
         online.export_system(tmp_path / "d", {**vals, "knn_k": 3, "scorers": ["knn", "ldn"]})
     assert not (tmp_path / "d").exists()
+    knn = scorers.fitted_path(demo["lay"].scores, "beats@1", "ch0", "knn", "fan")
+    test_scores = scorers.score_path(demo["lay"].scores, "beats@1", "ch0", "knn", "fan")
+    original = test_scores.read_bytes()
+    try:  # the stored scorer and the score file are not from one run: refused, never re-fitted
+        with np.load(test_scores) as z:
+            fsutil.atomic_savez(test_scores, **{k: (z[k] + 1.0 if k == "test" else z[k]) for k in z.files})
+        with pytest.raises(ExportError, match="does not reproduce the cached raw test scores"):
+            online.export_system(tmp_path / "d2", vals)
+    finally:
+        test_scores.write_bytes(original)
+    assert knn.with_suffix(".json").is_file()
     ckpt = demo["lay"].checkpoint("beats@1")
     original = ckpt.read_bytes()
     try:  # another run's checkpoint under the same name: the cached embeddings no longer belong to it
