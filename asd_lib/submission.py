@@ -1,4 +1,5 @@
-"""DCASE Task 2 submission files in the organisers' format, decision rules, and the per-system folder layout.
+"""DCASE Task 2 submission files in the organisers' format and the per-system folder layout (the decision rules
+are in ``asd_lib.fusion``).
 
 Per machine and section two headerless CSVs, one row per test clip (docs/reference.md §2):
 
@@ -22,9 +23,6 @@ from typing import Sequence
 import numpy as np
 
 from asd_lib.metrics import atomic_write_text, read_decisions, read_scores
-
-#: decision rules a system can name (docs/design.md "Defaults")
-DECISION_RULES = ("threshold", "gamma", "quantile", "rank-0.5", "aau-minmax")
 
 
 def score_file_name(machine: str, section: str | int = "00") -> str:
@@ -89,50 +87,6 @@ def read_submission(out_dir: str | os.PathLike, machine: str, section: str | int
     de = read_decisions(out / decision_file_name(machine, section))
     names = sorted(sc, key=lambda n: sc[n][1])
     return names, np.array([sc[n][0] for n in names]), np.array([de[n][0] if n in de else -1 for n in names])
-
-
-def gamma_threshold(calib_scores: Sequence[float], q: float = 0.9) -> float:
-    """The official baseline's threshold: scipy gamma fit (shape, loc, scale) of calibration scores, its q quantile."""
-    import scipy.stats
-    x = np.asarray(calib_scores, dtype=float)
-    if len(x) < 3 or np.ptp(x) == 0:
-        raise ValueError(f"need at least 3 distinct calibration scores for a gamma fit, got {len(x)}")
-    a, loc, scale = scipy.stats.gamma.fit(x)
-    return float(scipy.stats.gamma.ppf(q, a, loc=loc, scale=scale))
-
-
-def decide(scores: Sequence[float], rule: str = "threshold", *, threshold: float | None = None,
-           calib: Sequence[float] | None = None, q: float = 0.9) -> np.ndarray:
-    """Decisions (n,) of 0/1 from test scores by a named rule.
-
-    * ``threshold``: score > threshold (given).
-    * ``gamma``: score > gamma-fit q quantile of ``calib`` (official baseline; test-independent).
-    * ``quantile``: score > empirical q quantile of ``calib`` (test-independent).
-    * ``rank-0.5``: score > 0.5 (offline rank-fused scores already lie in (0, 1]).
-    * ``aau-minmax``: min-max scale over THESE test scores, > 0.5 (the authors' rule; TEST-DEPENDENT).
-    """
-    s = np.asarray(scores, dtype=float)
-    if rule == "threshold":
-        if threshold is None:
-            raise ValueError("rule 'threshold' needs threshold=")
-        thr = float(threshold)
-    elif rule == "gamma":
-        if calib is None:
-            raise ValueError("rule 'gamma' needs calib= (training/calibration scores)")
-        thr = gamma_threshold(calib, q)
-    elif rule == "quantile":
-        if calib is None:
-            raise ValueError("rule 'quantile' needs calib= (training/calibration scores)")
-        thr = float(np.quantile(np.asarray(calib, dtype=float), q))
-    elif rule == "rank-0.5":
-        thr = 0.5
-    elif rule == "aau-minmax":
-        lo, hi = float(np.min(s)), float(np.max(s))
-        z = (s - lo) / (hi - lo) if hi > lo else np.zeros_like(s)
-        return (z > 0.5).astype(int)
-    else:
-        raise ValueError(f"unknown decision rule {rule!r}; choose one of {DECISION_RULES}")
-    return (s > thr).astype(int)
 
 
 def system_label(last_name: str, institute: str, index: int, task: int = 2) -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from asd_lib import metrics as M
 from asd_lib import submission as S
+from asd_lib.fusion import aau_minmax_decision, threshold_decision
 
 
 def _read(path: Path) -> list[list[str]]:
@@ -45,7 +46,8 @@ def test_eval_style_names_round_trip(tmp_path):
         (gt / sub / "ground_truth_ToyDrone_section_00_test.csv").write_text(
             "".join(f"{n},{v}\n" for n, v in zip(names, vals)))
     scores = np.array(y, float) + np.linspace(0, 0.1, 8)
-    S.write_submission(tmp_path / "sub", "ToyDrone", names[::-1], scores[::-1], S.decide(scores[::-1], "rank-0.5"))
+    S.write_submission(tmp_path / "sub", "ToyDrone", names[::-1], scores[::-1],
+                       threshold_decision(scores[::-1], 0.5))
     res = M.evaluate_submission(tmp_path / "sub", gt, ci=False)
     assert res.table.loc[0, "AUC (source)"] == 1.0 and res.table.loc[0, "AUC (target)"] == 1.0
     assert res.table.loc[0, "recall (target)"] == 1.0
@@ -65,16 +67,9 @@ def test_write_submission_rejects_bad_input(tmp_path):
 
 def test_decision_rules():
     s = np.array([0.0, 1.0, 2.0, 3.0])
-    assert S.decide(s, "threshold", threshold=1.5).tolist() == [0, 0, 1, 1]
-    assert S.decide(s, "aau-minmax").tolist() == [0, 0, 1, 1]
-    assert S.decide(s / 4 + 0.1, "rank-0.5").tolist() == [0, 0, 1, 1]
-    calib = np.random.default_rng(0).gamma(2.0, 1.0, size=500)
-    thr = S.gamma_threshold(calib, 0.9)
-    assert abs(thr - np.quantile(calib, 0.9)) < 0.5
-    assert S.decide(s, "gamma", calib=calib).tolist() == (s > thr).astype(int).tolist()
-    assert S.decide(s, "quantile", calib=[0, 1, 2], q=0.5).tolist() == [0, 0, 1, 1]
-    with pytest.raises(ValueError, match="unknown decision rule"):
-        S.decide(s, "magic")
+    assert threshold_decision(s, 1.5).tolist() == [0, 0, 1, 1]
+    assert aau_minmax_decision(s).tolist() == [0, 0, 1, 1]
+    assert aau_minmax_decision(s / 4 + 0.1).tolist() == [0, 0, 1, 1]  # scale-free: min-max over these scores
 
 
 def test_labels_and_layout(tmp_path):
