@@ -13,7 +13,7 @@ is stored as ``{"dict": {...}}``. Nested sklearn objects are stored as the data 
 ``NearestNeighbors`` bank of a KNNScorer as its parameters and training array (refitted on load; the brute-force
 search it runs then is the same computation on the same numbers), the ``GaussianMixture`` of a GMMScorer as its
 parameters and the fitted arrays ``score_samples`` reads. Autoencoder weights held as torch tensors are stored as
-numpy arrays and come back as numpy arrays, the type ``_ae_mse`` takes.
+numpy arrays and come back as numpy arrays, the type ``ae.reconstruction_mse`` takes.
 """
 from __future__ import annotations
 

@@ -341,87 +341,8 @@ class GMMScorer(BaseEstimator):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Autoencoder (torch imported lazily)
+# Autoencoder (the network and its training: asd_lib.ae, which imports torch)
 # --------------------------------------------------------------------------------------------------------------
-_AE_LAYERS = ("enc1", "enc2", "dec1", "dec2")  # spectral norm on the first three (authors' network)
-
-
-def _ae_init(D: int, hidden: int, bottleneck: int, seed: int) -> dict[str, np.ndarray]:
-    """Initial weights drawn exactly as torch.nn.Linear + torch.nn.utils.spectral_norm would after manual_seed."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        state: dict[str, np.ndarray] = {}
-        dims = [(D, hidden), (hidden, bottleneck), (bottleneck, hidden), (hidden, D)]
-        for name, (i, o) in zip(_AE_LAYERS, dims):
-            lin = torch.nn.Linear(i, o)
-            state[name + ".weight"] = lin.weight.detach().numpy().copy()
-            state[name + ".bias"] = lin.bias.detach().numpy().copy()
-            if name != "dec2":  # same draws as spectral_norm's registration: u ~ N(0,1)^out, v ~ N(0,1)^in
-                u = torch.nn.functional.normalize(lin.weight.new_empty(o).normal_(0, 1), dim=0, eps=1e-12)
-                v = torch.nn.functional.normalize(lin.weight.new_empty(i).normal_(0, 1), dim=0, eps=1e-12)
-                state[name + ".u"] = u.numpy().copy()
-                state[name + ".v"] = v.numpy().copy()
-    return state
-
-
-def _sn_weight(W, u, v, power_iteration: bool):
-    """Spectral-normalised weights for a stack W (B, out, in) with vectors u (B, out), v (B, in), updated in place."""
-    import torch
-    import torch.nn.functional as F
-
-    B = W.shape[0]
-    if power_iteration:
-        with torch.no_grad():
-            if B == 1:
-                v[0] = F.normalize(torch.mv(W[0].t(), u[0]), dim=0, eps=1e-12)
-                u[0] = F.normalize(torch.mv(W[0], v[0]), dim=0, eps=1e-12)
-            else:
-                v.copy_(F.normalize(torch.bmm(W.transpose(1, 2), u.unsqueeze(2)).squeeze(2), dim=1, eps=1e-12))
-                u.copy_(F.normalize(torch.bmm(W, v.unsqueeze(2)).squeeze(2), dim=1, eps=1e-12))
-    uc, vc = u.clone(), v.clone()
-    if B == 1:
-        sigma = torch.dot(uc[0], torch.mv(W[0], vc[0])).reshape(1)
-    else:
-        sigma = (uc * torch.bmm(W, vc.unsqueeze(2)).squeeze(2)).sum(dim=1)
-    return W / sigma.view(B, 1, 1)
-
-
-def _ae_forward(params: dict, x, train: bool):
-    """Batched forward of the authors' AE: x (B, n, D) -> (B, n, D)."""
-    import torch
-    import torch.nn.functional as F
-
-    h = x
-    B = x.shape[0]
-    for name in _AE_LAYERS:
-        W, b = params[name + ".weight"], params[name + ".bias"]
-        if name != "dec2":
-            W = _sn_weight(W, params[name + ".u"], params[name + ".v"], power_iteration=train)
-        if B == 1:
-            h = F.linear(h[0], W[0], b[0]).unsqueeze(0)
-        else:
-            h = torch.baddbmm(b.unsqueeze(1), h, W.transpose(1, 2))
-        if name in ("enc1", "dec1"):
-            h = F.leaky_relu(h, 0.1)
-    return h
-
-
-def _ae_mse(params: dict, X: np.ndarray, device: str, chunk: int = 4096) -> np.ndarray:
-    """Per-clip reconstruction MSE (n,) of one trained AE (params: dict of (1, ...) numpy arrays)."""
-    import torch
-
-    p = {k: torch.as_tensor(v, device=device) for k, v in params.items()}
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(X), chunk):
-            x = torch.as_tensor(X[s : s + chunk], dtype=torch.float32, device=device).unsqueeze(0)
-            rec = _ae_forward(p, x, train=False)
-            out.append(((x - rec) ** 2).mean(dim=2)[0].double().cpu().numpy())
-    return np.concatenate(out)
-
-
 def train_autoencoders(
     datasets: Sequence[np.ndarray],
     *,
@@ -437,17 +358,13 @@ def train_autoencoders(
     device: str = "cpu",
     max_models_per_batch: int = 64,
 ) -> list[dict[str, Any]]:
-    """Train one authors'-style AE per dataset (each (n_i, D)), stacking same-shaped ones into one batched model.
+    """Train one authors'-style AE per dataset (each (n_i, D)), stacking same-shaped ones into one batched model
+    (``asd_lib.ae.StackedAutoencoder``, at most ``max_models_per_batch`` per stack).
 
-    Each AE follows the authors' recipe (docs/reference.md §6): D -> H -> bottleneck -> H -> D with H = max(D//2,
-    2*bottleneck), LeakyReLU(0.1), spectral norm on the first three Linears, MSE loss, AdamW(lr, wd), batch 64,
-    seeded init and shuffling (same random draws as their DataLoader), early stop when the epoch-mean training
-    loss has not improved by ``min_delta`` for ``patience`` epochs. Stacked models are independent: the loss is a
-    sum of per-model means, AdamW is element-wise, and a model that stops early is frozen (its parameters and
-    optimiser state are restored after every later step). Returns, per dataset, a dict with 'params' (numpy
-    arrays with a leading axis of 1), 'n_epochs' and 'loss_curve'.
+    The recipe and why stacked models stay independent: ``asd_lib.ae``. Returns, per dataset, a dict with 'params'
+    (numpy arrays with a leading axis of 1), 'n_epochs' and 'loss_curve'.
     """
-    import torch
+    from asd_lib.ae import train_group  # torch: imported when an autoencoder trains, not with asd_lib
 
     if isinstance(seeds, (int, np.integer)):
         seeds = [int(seeds)] * len(datasets)
@@ -461,121 +378,12 @@ def train_autoencoders(
     for (n, D), members in groups.items():
         for s in range(0, len(members), max_models_per_batch):
             idx = members[s : s + max_models_per_batch]
-            res = _train_ae_group([arrays[i] for i in idx], [int(seeds[i]) for i in idx], bottleneck=bottleneck,
-                                  hidden=hidden, max_epochs=max_epochs, batch_size=batch_size, lr=lr,
-                                  weight_decay=weight_decay, patience=patience, min_delta=min_delta, device=device)
+            res = train_group([arrays[i] for i in idx], [int(seeds[i]) for i in idx], bottleneck=bottleneck,
+                              hidden=hidden, max_epochs=max_epochs, batch_size=batch_size, lr=lr,
+                              weight_decay=weight_decay, patience=patience, min_delta=min_delta, device=device)
             for i, r in zip(idx, res):
                 results[i] = r
     return results  # type: ignore[return-value]
-
-
-class _AdamW:
-    """AdamW with torch's single-tensor CPU arithmetic, op for op (torch.optim.adam._single_tensor_adam with
-    decoupled weight decay), without importing torch.optim (whose first import costs seconds)."""
-
-    def __init__(self, params, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        import torch
-
-        self.params, self.lr, self.wd, self.betas, self.eps = list(params), lr, weight_decay, betas, eps
-        self.exp_avg = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self.n_steps = 0
-
-    def step(self) -> None:
-        import torch
-
-        b1, b2 = self.betas
-        self.n_steps += 1
-        bc1 = 1 - b1 ** float(self.n_steps)
-        bc2 = 1 - b2 ** float(self.n_steps)
-        step_size = self.lr / bc1
-        with torch.no_grad():
-            for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
-                g = p.grad
-                p.mul_(1 - self.lr * self.wd)
-                m.lerp_(g, 1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                denom = (v.sqrt() / bc2**0.5).add_(self.eps)
-                p.addcdiv_(m, denom, value=-step_size)
-
-
-def _train_ae_group(arrays, seeds, *, bottleneck, hidden, max_epochs, batch_size, lr, weight_decay, patience,
-                    min_delta, device) -> list[dict[str, Any]]:
-    """Train same-shaped AEs as one stacked model; a model that stops early leaves the stack (compaction)."""
-    import torch
-    import torch.nn.functional as F
-
-    B = len(arrays)
-    n, D = arrays[0].shape
-    H = hidden if hidden is not None else max(D // 2, 2 * bottleneck)
-    inits = [_ae_init(D, H, bottleneck, sd) for sd in seeds]
-    params = {k: torch.tensor(np.stack([st[k] for st in inits]), device=device) for k in inits[0]}
-    train_keys = [k for k in params if k.endswith(".weight") or k.endswith(".bias")]
-    for k in train_keys:
-        params[k].requires_grad_(True)
-    adam = _AdamW([params[k] for k in train_keys], lr=lr, weight_decay=weight_decay)
-    X = torch.as_tensor(np.stack(arrays), dtype=torch.float32, device=device)  # (B, n, D)
-    gens = [torch.Generator().manual_seed(sd) for sd in seeds]
-    alive = np.arange(B)  # original index of each row of the stack
-    best = np.full(B, np.inf)
-    stale = np.zeros(B, dtype=int)
-    curves: list[list[float]] = [[] for _ in range(B)]
-    out: list[dict[str, Any] | None] = [None] * B
-
-    def _finish(rows: np.ndarray, epochs: int) -> None:
-        for r in rows:
-            b = int(alive[r])
-            pb = {k: v.detach()[r : r + 1].cpu().numpy().copy() for k, v in params.items()}
-            out[b] = {"params": pb, "n_epochs": epochs, "loss_curve": curves[b]}
-
-    for epoch in progress.bar(range(max_epochs), desc=f"autoencoders x{len(arrays)}"):
-        # the same generator draws as DataLoader(shuffle=True, generator=g): base seed, permutation, empty tail
-        perms = []
-        for b in alive:
-            torch.empty((), dtype=torch.int64).random_(generator=gens[b])
-            perms.append(torch.randperm(n, generator=gens[b]))
-            torch.randperm(n, generator=gens[b])
-        perm = torch.stack(perms).to(device)
-        bidx = torch.arange(len(alive), device=device).unsqueeze(1)
-        sums = np.zeros(len(alive))
-        n_batches = 0
-        for s in range(0, n, batch_size):
-            xb = X[bidx, perm[:, s : s + batch_size]]  # (B_alive, b, D)
-            for k in train_keys:
-                params[k].grad = None
-            rec = _ae_forward(params, xb, train=True)
-            if len(alive) == 1:
-                losses = F.mse_loss(rec[0], xb[0]).reshape(1)
-            else:
-                losses = F.mse_loss(rec, xb, reduction="none").mean(dim=(1, 2))
-            losses.sum().backward()
-            adam.step()
-            sums += losses.detach().double().cpu().numpy()
-            n_batches += 1
-        avg = sums / n_batches
-        stop = np.zeros(len(alive), dtype=bool)
-        for r, b in enumerate(alive):
-            curves[b].append(float(avg[r]))
-            if avg[r] < best[b] - min_delta:
-                best[b], stale[b] = avg[r], 0
-            else:
-                stale[b] += 1
-                stop[r] = stale[b] >= patience
-        if epoch == max_epochs - 1:
-            stop[:] = True
-        if stop.any():
-            _finish(np.flatnonzero(stop), epoch + 1)
-            if stop.all():
-                break
-            keep = torch.as_tensor(np.flatnonzero(~stop), device=device)
-            with torch.no_grad():
-                params = {k: v.detach()[keep].clone().requires_grad_(k in train_keys) for k, v in params.items()}
-                adam.params = [params[k] for k in train_keys]
-                adam.exp_avg = [m[keep].clone() for m in adam.exp_avg]
-                adam.exp_avg_sq = [v[keep].clone() for v in adam.exp_avg_sq]
-            X = X[keep]
-            alive = alive[~stop]
-    return out  # type: ignore[return-value]
 
 
 class AEScorer(BaseEstimator):
@@ -618,7 +426,9 @@ class AEScorer(BaseEstimator):
         check_is_fitted(self, "params_")
         X = _check_2d(X, "AEScorer.decision_function")
         _check_dim(self, X)
-        return _ae_mse(self.params_, X, self.device)
+        from asd_lib.ae import reconstruction_mse
+
+        return reconstruction_mse(self.params_, X, self.device)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -989,11 +799,13 @@ def _score_ae_batched(jobs: list[dict[str, Any]]) -> list[Path]:
     fits = [x for j in jobs for x in (j["views"]["train"], j["views"]["fit"])]
     res = train_autoencoders(fits, seeds=[j["est"].seed for j in jobs for _ in (0, 1)], **ae._train_kwargs())
     written = []
+    from asd_lib.ae import reconstruction_mse
+
     for j, job in enumerate(jobs):
         est = job["est"]._set_fitted(res[2 * j], job["views"]["train"].shape[1])
         _save_fitted(est, job["pre"], "ae", job["fitted"])
-        test = _ae_mse(res[2 * j]["params"], job["views"]["test"], ae.device)
-        calib = _ae_mse(res[2 * j + 1]["params"], job["views"]["held"], ae.device)
+        test = reconstruction_mse(res[2 * j]["params"], job["views"]["test"], ae.device)
+        calib = reconstruction_mse(res[2 * j + 1]["params"], job["views"]["held"], ae.device)
         atomic_savez(job["out"], test=test, calib=calib, names=job["te_names"], calib_names=job["calib_names"],
                          calib_kind=np.array("holdout"))
         written.append(job["out"])

@@ -9,6 +9,7 @@ from sklearn.base import clone
 from sklearn.pipeline import make_pipeline
 
 from asd_lib import scorers as S
+from asd_lib.ae import reconstruction_mse
 from asd_lib.scorers import AAUPreprocess, AEScorer, GMMScorer, KNNScorer, LDNScorer
 
 GROUPS = ("g0_separated", "g1_target_near_source")
@@ -76,7 +77,7 @@ def test_aau_autoencoder_informative_parity(ldn):
     README suggests. Both groups train as one stacked (batched) model, which is also what score_embeddings does."""
     res = S.train_autoencoders([ldn[f"{g}__aau__pp_train"] for g in GROUPS], seeds=42)
     for g, r in zip(GROUPS, res):
-        got = S._ae_mse(r["params"], ldn[f"{g}__aau__pp_test"], "cpu")
+        got = reconstruction_mse(r["params"], ldn[f"{g}__aau__pp_test"], "cpu")
         assert r["n_epochs"] <= 50
         assert spearmanr(got, ldn[f"{g}__aau__ae_pp"])[0] > 0.999
         np.testing.assert_allclose(got, ldn[f"{g}__aau__ae_pp"], rtol=5e-2)
@@ -129,7 +130,7 @@ def test_batched_autoencoders_match_one_by_one():
     assert epochs == [r["n_epochs"] for r in batch]
     assert len(set(epochs)) > 1  # the models stopped at different epochs: frozen models stayed frozen
     for a, b, x in zip(single, batch, data):
-        sa, sb = S._ae_mse(a["params"], x, "cpu"), S._ae_mse(b["params"], x, "cpu")
+        sa, sb = reconstruction_mse(a["params"], x, "cpu"), reconstruction_mse(b["params"], x, "cpu")
         np.testing.assert_allclose(sb, sa, rtol=1e-4)
 
 
