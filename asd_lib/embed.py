@@ -15,7 +15,10 @@ Pooling over the tokens (B, N, D) of one channel:
 Channels: ``ch0`` (near mic, the authors' choice), ``ch1`` (far mic), or ``both`` = the mean of the two channels'
 pooled embeddings. The mean keeps the dimension D, so every scorer and the fusion see the same shapes whichever
 channel is used, and it weighs both microphones equally (concatenation would double D and let scorers with
-distance-based neighbourhoods be dominated by whichever channel varies more).
+distance-based neighbourhoods be dominated by whichever channel varies more). ``joint`` (the kit's experiment, for a
+checkpoint fine-tuned with ``channel_input='joint'``): both channels in one token sequence
+(``asd_lib.backbones.joint``), the 2N tokens pooled together into one D-dimensional embedding; the channel
+embedding is read from the ``epoch_XXX.head.pt`` next to the checkpoint.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ __all__ = ["POOLINGS", "CHANNELS", "pool_tokens", "gem_pool", "embed_paths", "ex
            "load_embeddings", "embedding_path"]
 
 POOLINGS = ("mean", "gem", "cls")
-CHANNELS = ("ch0", "ch1", "both")
+CHANNELS = ("ch0", "ch1", "both", "joint")
 SAMPLE_RATE = 16000
 _LABELS = {"normal": 0, "anomaly": 1}
 
@@ -65,7 +68,7 @@ def _channels(channel: str) -> tuple[int, ...]:
         return (0,)
     if channel == "ch1":
         return (1,)
-    if channel == "both":
+    if channel in ("both", "joint"):
         return (0, 1)
     raise ValueError(f"channel must be one of {CHANNELS}, got {channel!r}")
 
@@ -77,18 +80,33 @@ def _kind(encoder: Any) -> str:
     return "eat" if any(n.startswith("blocks.") for n, _ in encoder.named_parameters()) else "beats"
 
 
-def _load_encoder(checkpoint_or_encoder: Any, recipe: str | None):
+def _load_encoder(checkpoint_or_encoder: Any, recipe: str | None, channel: str = "ch0"):
     import torch.nn as nn
 
     if isinstance(checkpoint_or_encoder, nn.Module):
         return checkpoint_or_encoder
-    from asd_lib.backbones import load_backbone
+    from asd_lib.backbones import load_backbone, load_joint_encoder
 
     src = str(checkpoint_or_encoder)
     if not Path(src).exists() and "/" in src:
         raise FileNotFoundError(f"checkpoint not found: {src}; run fine-tuning first (asd_lib.finetune) or pass "
                                 "a backbone name")
+    if channel == "joint":
+        if not Path(src).is_file():
+            raise ValueError(f"channel 'joint' needs a checkpoint file fine-tuned with channel_input='joint' (its "
+                             f"channel embedding is in the head file next to it), got {src!r}")
+        return load_joint_encoder(src, recipe=recipe)
     return load_backbone(src, recipe=recipe)
+
+
+def _check_joint(encoder: Any, channel: str) -> None:
+    """Channel 'joint' and a joint-channel encoder go together; refuse either one without the other."""
+    from asd_lib.backbones.joint import JointChannelEncoder
+
+    if (channel == "joint") != isinstance(encoder, JointChannelEncoder):
+        raise ValueError(f"channel {channel!r} does not fit a {type(encoder).__name__}: channel 'joint' needs a "
+                         "JointChannelEncoder (a checkpoint fine-tuned with channel_input='joint'), and a "
+                         "JointChannelEncoder embeds only channel 'joint'")
 
 
 def _clip_lengths(paths: Sequence[str]) -> list[int]:
@@ -116,6 +134,7 @@ def embed_paths(encoder: Any, paths: Sequence[str], channel: str = "ch0", poolin
     from asd_lib.data import load_clip
 
     chans = _channels(channel)
+    _check_joint(encoder, channel)
     kind = _kind(encoder)
     if pooling == "cls":
         pool_tokens(torch.zeros(1, 1, 1), pooling, kind)  # refuse early for BEATs
@@ -158,8 +177,11 @@ def embed_paths(encoder: Any, paths: Sequence[str], channel: str = "ch0", poolin
                     waves.append(w)
                 x = torch.from_numpy(np.stack(waves))  # (B, C, T)
                 bsz, c, t = x.shape
-                tokens = encoder.extract_features(x.reshape(bsz * c, t).to(device))
-                emb = pool_tokens(tokens, pooling, kind).reshape(bsz, c, -1).mean(dim=1)
+                if channel == "joint":  # (B, 2, T) -> (B, 2N, D) tokens, pooled together
+                    emb = pool_tokens(encoder.extract_features(x.to(device)), pooling, kind)
+                else:
+                    tokens = encoder.extract_features(x.reshape(bsz * c, t).to(device))
+                    emb = pool_tokens(tokens, pooling, kind).reshape(bsz, c, -1).mean(dim=1)
                 out[b] = emb.cpu().numpy()
     finally:
         if moved:
@@ -233,6 +255,8 @@ def extract_embeddings(manifest: Any, checkpoint_or_encoder: Any, out_root: str 
     reused when it holds exactly the manifest's clip names and was made from the same checkpoint file (unless
     ``force``); files are written atomically. Each file records the sha256 of the checkpoint file it came from
     (``checkpoint_sha256``, empty for an encoder module or a backbone name), which the online export checks.
+    ``channel='joint'`` takes a checkpoint fine-tuned with ``channel_input='joint'`` (or a ``JointChannelEncoder``)
+    and writes ``<model_id>/joint/`` files of the same keys and shapes as the other channels.
     """
     import torch
 
@@ -271,7 +295,7 @@ def extract_embeddings(manifest: Any, checkpoint_or_encoder: Any, out_root: str 
             if not force and _cache_ok(path, names, ckpt_sha):
                 continue
             if encoder is None:
-                encoder = _load_encoder(checkpoint_or_encoder, recipe)
+                encoder = _load_encoder(checkpoint_or_encoder, recipe, channel)
             emb = embed_paths(encoder, rows["path"].tolist(), channel, pooling, duration, batch_size, device,
                               progress, desc=f"{model_id} {channel} {machine} {split}")
             labels = rows["label"].map(_LABELS).fillna(-1).astype(np.int64).to_numpy()

@@ -10,7 +10,8 @@ Outputs (docs/design.md, "Stages shared between systems"), under ``out_dir`` = `
 
     fbank/<recipe>/<machine>_train_d<dur>s_ch<chs>.npy (+ .json)    cached fbank, computed once per regime + recipe
     checkpoints/<backbone_id>/epoch_XXX.pt                          official checkpoint format (encoder.save)
-    checkpoints/<backbone_id>/epoch_XXX.head.pt                     the head (weight, classes) of that epoch
+    checkpoints/<backbone_id>/epoch_XXX.head.pt                     the head (weight, classes) of that epoch (+ the
+                                                                    channel embedding of a joint-channel run)
     checkpoints/<backbone_id>/last.pt                               full training state for resume
     checkpoints/<backbone_id>/log.csv, config.json                  per-epoch log; every switch of the run
 
@@ -21,6 +22,11 @@ Choices worth knowing:
 
 - Each training clip gives one sample per channel in ``train_channels``; with ``classes_with_channel`` the class
   name carries ``_ch{c}`` (90 classes on dev), otherwise not (45 classes, both channels still used as samples).
+- ``channel_input='joint'`` (the kit's experiment, not the paper's or the authors'; BEATs only): one sample per clip
+  holding both channels, whose patch tokens share one sequence with a learned channel embedding
+  (``asd_lib.backbones.joint``), on the 45 channel-free classes. The time shift and the noise of a sample are the
+  same draws for both channels (one roll, one fbank-noise array, one waveform-noise decision, SNR and realisation),
+  so the time alignment between the microphones is kept.
 - Clips are cropped or zero-padded to ``duration`` seconds from their start (deterministic, so cacheable).
 - Waveform noise: ``noise_std`` (fixed std) or ``noise_snr_db=(lo, hi)`` (the authors' form: SNR drawn per sample,
   applied with probability ``noise_prob``).
@@ -66,6 +72,7 @@ __all__ = [
     "SoftmaxHead",
     "FinetuneConfig",
     "TRAINABLE_SETS",
+    "CHANNEL_INPUTS",
     "trainable_names",
     "apply_trainable",
     "switch_overrides",
@@ -76,6 +83,7 @@ __all__ = [
 ]
 
 TRAINABLE_SETS = ("aau", "aau-beats", "top_k", "frozen", "all")
+CHANNEL_INPUTS = ("separate", "joint")
 DEFAULT_TOP_K = {"beats": 4, "eat": 10}
 SAMPLE_RATE = 16000
 FIXED_PARAMETERS = frozenset({"fixed_positional_encoder.positions"})
@@ -270,6 +278,7 @@ class FinetuneConfig:
     recipe: str | None = None
     classes_with_channel: bool = True
     train_channels: tuple[int, ...] = (0, 1)
+    channel_input: str = "separate"
     machines: tuple[str, ...] | None = None
     trainable: str = "aau"
     top_k: int | None = None
@@ -500,17 +509,21 @@ def cache_fbank(train_rows, encoder: nn.Module, cache_dir: str | Path, duration:
 
 
 class _Classifier(nn.Module):
-    """Encoder + token pooling + head; ``forward`` takes fbank (B, frames, bins) and labels."""
+    """Encoder + token pooling + head; ``forward`` takes fbank (B, frames, bins) and labels.
 
-    def __init__(self, encoder: nn.Module, head: nn.Module, pooling: str, backbone_grad: bool) -> None:
+    With ``joint`` (a ``JointChannelEncoder`` around ``encoder``) the fbank is (B, 2, frames, bins) and the tokens
+    come from the joint sequence of both channels."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, pooling: str, backbone_grad: bool,
+                 joint: nn.Module | None = None) -> None:
         super().__init__()
-        self.encoder, self.head = encoder, head
+        self.encoder, self.head, self.joint = encoder, head, joint
         self.pooling, self.backbone_grad = pooling, backbone_grad
 
     def embed(self, fbank: torch.Tensor) -> torch.Tensor:
         """Pooled training embedding (B, D): ``embed.pool_tokens`` (mean, the authors' GeM, or the EAT CLS token)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.backbone_grad):
-            tokens = self.encoder.forward_fbank(fbank)
+            tokens = (self.encoder if self.joint is None else self.joint).forward_fbank(fbank)
         return pool_tokens(tokens, self.pooling, self.encoder.kind)
 
     def forward(self, fbank: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -528,9 +541,10 @@ def _sample_table(train_rows, classes: list[str], cfg: FinetuneConfig):
 
     index = {c: i for i, c in enumerate(classes)}
     clips, samples = [], []
+    per_clip = cfg.train_channels if cfg.channel_input == "separate" else (None,)  # joint: one sample, all channels
     for ci, row in enumerate(train_rows.itertuples(index=False)):
         clips.append(row)
-        for pos, ch in enumerate(cfg.train_channels):
+        for pos, ch in enumerate(per_clip):
             name = class_name(row.machine, row.section, row.domain, row.attributes,
                               channel=ch if cfg.classes_with_channel else None)
             if name not in index:
@@ -555,13 +569,40 @@ def add_wave_noise(wave: np.ndarray, rng: np.random.Generator, std: float, snr_d
     return (wave + std * noise).astype(np.float32)
 
 
+def add_wave_noise_channels(waves: np.ndarray, rng: np.random.Generator, std: float,
+                            snr_db: Sequence[float] | None, prob: float) -> np.ndarray:
+    """``add_wave_noise`` on every channel of one sample (C, T) with the same draws: one decision, one SNR, one noise
+    realisation (scaled to each channel's power for an SNR). ``rng`` ends as after one channel's draws."""
+    state = rng.bit_generator.state
+    out = []
+    for wave in waves:
+        rng.bit_generator.state = state
+        out.append(add_wave_noise(wave, rng, std, snr_db, prob))
+    return np.stack(out)
+
+
 def _per_sample_rng(seed: int, epoch: int, sample: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(epoch), int(sample), 7])
 
 
+def _check_channel_input(channel_input: str, classes_with_channel: bool, train_channels: Sequence[int]) -> None:
+    """Refuse a channel input that does not exist or does not fit the class scheme and the channels."""
+    if channel_input not in CHANNEL_INPUTS:
+        raise ValueError(f"channel_input must be one of {CHANNEL_INPUTS}, got {channel_input!r}")
+    if channel_input != "joint":
+        return
+    if classes_with_channel:
+        raise ValueError("channel_input='joint' trains one sample holding both channels, so a class cannot name a "
+                         "channel: pass classes_with_channel=False (asd-finetune --no-channel-classes)")
+    if tuple(int(c) for c in train_channels) != (0, 1):
+        raise ValueError(f"channel_input='joint' reads both channels in the order (0, 1); got "
+                         f"train_channels={tuple(train_channels)}")
+
+
 def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out_dir: str | Path = "results/dev",
              *, classes_with_channel: bool = True, train_channels: Sequence[int] = (0, 1),
-             machines: Sequence[str] | None = None, trainable: str = "aau", top_k: int | None = None,
+             channel_input: str = "separate", machines: Sequence[str] | None = None, trainable: str = "aau",
+             top_k: int | None = None,
              epochs: int = 1, batch_size: int = 64, accum: int = 1, lr_backbone: float = 6.45e-5,
              lr_head: float = 4.57e-3, weight_decay: float = 5.1e-4, warmup_epochs: float = 5.0,
              grad_clip: float = 1.0, duration: float = 10.0, arcface_s: float = 64.0, arcface_m: float = 0.2,
@@ -579,7 +620,10 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
     global micro-batch (split over processes under torchrun); one optimiser step every ``accum`` micro-batches.
     ``warmup_epochs`` may be fractional. Returns the checkpoint folder ``out_dir/checkpoints/<backbone_id>``.
     ``epoch_selection``: 'fixed' (keep ``keep_epochs`` + the latest) or 'select-on-test-leaky' (also keep the
-    epoch with the best score on the labelled test clips: uses test labels).
+    epoch with the best score on the labelled test clips: uses test labels). ``channel_input``: 'separate' (one
+    mono sample per channel, the authors') or 'joint' (BEATs only: one sample per clip whose two channels share
+    one token sequence with a learned channel embedding; needs ``classes_with_channel=False`` and
+    ``train_channels=(0, 1)``; the channel embedding is trained with the backbone's learning rate).
     """
     from transformers import get_cosine_schedule_with_warmup
 
@@ -587,6 +631,7 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
 
     if epoch_selection not in ("fixed", "select-on-test-leaky"):
         raise ValueError(f"epoch_selection must be 'fixed' or 'select-on-test-leaky', got {epoch_selection!r}")
+    _check_channel_input(channel_input, classes_with_channel, train_channels)
     if accum < 1 or batch_size < 1 or epochs < 0:
         raise ValueError(f"need batch_size >= 1, accum >= 1, epochs >= 0 (got {batch_size}, {accum}, {epochs})")
     started_dist = _maybe_init_distributed(device)
@@ -599,7 +644,8 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
     cfg = FinetuneConfig(
         backbone=_backbone_label(backbone), backbone_id=backbone_id, recipe=recipe,
         classes_with_channel=classes_with_channel, train_channels=tuple(int(c) for c in train_channels),
-        machines=tuple(machines) if machines else None, trainable=trainable, top_k=top_k, head=head,
+        channel_input=channel_input, machines=tuple(machines) if machines else None, trainable=trainable,
+        top_k=top_k, head=head,
         arcface_s=arcface_s, arcface_m=arcface_m, train_pooling=train_pooling, epochs=epochs,
         batch_size=batch_size, accum=accum, lr_backbone=lr_backbone, lr_head=lr_head, weight_decay=weight_decay,
         warmup_epochs=warmup_epochs, grad_clip=grad_clip, duration=duration, time_shift=time_shift,
@@ -634,6 +680,11 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
     cfg.backbone_id = backbone_id or _default_backbone_id(backbone, encoder)
     switches = switch_report(encoder, **sw)
     trained = apply_trainable(encoder, trainable, top_k)
+    joint = None
+    if channel_input == "joint":
+        from asd_lib.backbones.joint import JointChannelEncoder
+
+        joint = JointChannelEncoder(encoder, seed=seed)
     ckpt_dir = Path(out_dir) / "checkpoints" / cfg.backbone_id
     lock = folder_lock(ckpt_dir, "fine-tuning run") if rank == 0 else _nullcontext()
     with lock:  # one run per output folder: a second one refuses instead of mixing checkpoints
@@ -641,17 +692,19 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
         torch.manual_seed(seed)
         head_kwargs = {"s": arcface_s, "m": arcface_m} if head == "arcface" else {}
         head_mod = build_head(head, int(encoder.embed_dim), len(classes), **head_kwargs)
-        model = _Classifier(encoder, head_mod, train_pooling, backbone_grad=bool(trained)).to(dev)
+        model = _Classifier(encoder, head_mod, train_pooling, backbone_grad=bool(trained) or joint is not None,
+                            joint=joint).to(dev)
         n_trained = sum(p.numel() for n, p in encoder.named_parameters() if n in set(trained))
         say(f"[finetune] {cfg.backbone} -> {ckpt_dir}: {len(classes)} classes, {len(samples)} samples "
-            f"({len(clips)} clips x {len(cfg.train_channels)} ch), trainable={trainable!r}: {len(trained)} tensors, "
-            f"{n_trained:,} params; switches dropout={dropout} layerdrop={layerdrop} grad_decay={grad_decay} "
-            f"(cfg in effect {switches['in_effect']}); world={world} device={dev}")
+            f"({len(clips)} clips x {len(cfg.train_channels)} ch, {channel_input}), trainable={trainable!r}: "
+            f"{len(trained)} tensors, {n_trained:,} params; switches dropout={dropout} layerdrop={layerdrop} "
+            f"grad_decay={grad_decay} (cfg in effect {switches['in_effect']}); world={world} device={dev}")
 
         if rank == 0:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
         _barrier()
-        config_blob = {"config": dataclasses.asdict(cfg), "classes": classes, "trained_parameters": trained,
+        config_blob = {"config": dataclasses.asdict(cfg), "classes": classes,
+                       "trained_parameters": trained + (["channel_embedding"] if joint is not None else []),
                        "switches": switches, "recipe": recipe_name, "world_size": world}
 
         def save_epoch_checkpoint(epoch: int) -> None:
@@ -671,7 +724,8 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
                     enc_cfg.update(in_effect)
             os.replace(tmp, final)
             atomic_torch_save({"kind": head, "dim": int(encoder.embed_dim), "classes": classes,
-                                "kwargs": head_kwargs, "state": model.head.state_dict()},
+                                "kwargs": head_kwargs, "state": model.head.state_dict(),
+                                **(joint.head_entries() if joint is not None else {})},
                                ckpt_dir / f"epoch_{epoch:03d}.head.pt")
             _record_hashes(ckpt_dir, [final, ckpt_dir / f"epoch_{epoch:03d}.head.pt"])
 
@@ -712,26 +766,33 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
         n_samples_wave = int(round(duration * SAMPLE_RATE))
 
         def batch_inputs(sample_ids: Sequence[int], epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-            """Augmented fbank (B, frames, bins) and labels (B,) of these samples."""
+            """Augmented fbank (B, frames, bins) (joint: (B, 2, frames, bins)) and labels (B,) of these samples."""
             rngs = [_per_sample_rng(seed, epoch, s) for s in sample_ids]
             if fb_cache is not None:
-                fbs = [torch.from_numpy(np.array(fb_cache[clips[ci].machine][0][clip_rows[ci], pos], dtype=np.float32))
-                       for ci, pos, _ in samples[list(sample_ids)]]
+                rows = [(ci, pos if joint is None else slice(None)) for ci, pos, _ in samples[list(sample_ids)]]
+                fbs = [torch.from_numpy(np.array(fb_cache[clips[ci].machine][0][clip_rows[ci], ch], dtype=np.float32))
+                       for ci, ch in rows]
             else:
-                waves = np.stack([_load_channels(clips[ci].path, (cfg.train_channels[pos],), n_samples_wave)[0]
-                                  for ci, pos, _ in samples[list(sample_ids)]])
+                if joint is None:
+                    waves = np.stack([_load_channels(clips[ci].path, (cfg.train_channels[pos],), n_samples_wave)[0]
+                                      for ci, pos, _ in samples[list(sample_ids)]])
+                else:
+                    waves = np.stack([_load_channels(clips[ci].path, cfg.train_channels, n_samples_wave)
+                                      for ci, _, _ in samples[list(sample_ids)]])
                 if wave_noise:
-                    waves = np.stack([add_wave_noise(w, r, noise_std, noise_snr_db, noise_prob)
-                                      for w, r in zip(waves, rngs)])
+                    noisy = add_wave_noise if joint is None else add_wave_noise_channels
+                    waves = np.stack([noisy(w, r, noise_std, noise_snr_db, noise_prob) for w, r in zip(waves, rngs)])
                 with torch.no_grad():
-                    fbs = list(encoder.preprocess(torch.from_numpy(waves.astype(np.float32)).to(dev)).float().cpu())
+                    flat = torch.from_numpy(waves.astype(np.float32)).reshape(-1, waves.shape[-1])
+                    fb = encoder.preprocess(flat.to(dev)).float().cpu()
+                    fbs = list(fb.reshape(*waves.shape[:-1], *fb.shape[1:]))
             xs = []
-            for fb, rng in zip(fbs, rngs):
+            for fb, rng in zip(fbs, rngs):  # frames on axis -2: a joint sample's channels get the same draws
                 if time_shift > 0:
-                    max_shift = int(time_shift * fb.shape[0])
-                    fb = torch.roll(fb, int(rng.integers(-max_shift, max_shift + 1)), dims=0)
+                    max_shift = int(time_shift * fb.shape[-2])
+                    fb = torch.roll(fb, int(rng.integers(-max_shift, max_shift + 1)), dims=-2)
                 if fbank_noise_std > 0:
-                    noise = rng.standard_normal(tuple(fb.shape)).astype(np.float32)
+                    noise = rng.standard_normal(tuple(fb.shape[-2:])).astype(np.float32)
                     fb = fb + fbank_noise_std * torch.from_numpy(noise)
                 xs.append(fb)
             labels = torch.as_tensor(samples[list(sample_ids), 2])
@@ -746,6 +807,8 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
         n_micro = math.ceil(total / batch_size)
         steps_per_epoch = math.ceil(n_micro / accum)
         back_params = [p for p in model.encoder.parameters() if p.requires_grad]
+        if joint is not None:
+            back_params.append(joint.channel_embedding)
         groups = [{"params": list(model.head.parameters()), "lr": lr_head, "weight_decay": weight_decay}]
         if back_params:
             groups.insert(0, {"params": back_params, "lr": lr_backbone, "weight_decay": weight_decay})
@@ -771,11 +834,14 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
         last = ckpt_dir / "last.pt"
         if resume and last.exists():
             st = _read_state(last)
-            if st["training"] != cfg.training_fields() or st["classes"] != classes:
+            written = {"channel_input": "separate", **st["training"]}  # states from before channel_input existed
+            if written != cfg.training_fields() or st["classes"] != classes:
                 raise ValueError(f"{last} was written by a run with other settings or classes; pass resume=False "
                                  "(or another out_dir) to start over, or use the settings in its config.json")
             model.encoder.load_state_dict(st["encoder"])
             model.head.load_state_dict(st["head"])
+            if joint is not None:
+                joint.load_channel_embedding(st["channel_embedding"])
             optimizer.load_state_dict(st["optimizer"])
             if st["scheduler"]["base_lrs"] and epochs != st["epochs"]:
                 raise ValueError(f"{last} was written by a run of {st['epochs']} epochs; the cosine schedule depends "
@@ -806,7 +872,9 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
                                 "encoder": model.encoder.state_dict(), "head": model.head.state_dict(),
                                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                 "epoch": epoch, "micro": micro, "global_step": global_step,
-                                "log": log_rows, "leaky": leaky, "per_rank": per_rank_state}, last)
+                                "log": log_rows, "leaky": leaky, "per_rank": per_rank_state,
+                                **({"channel_embedding": joint.channel_embedding.detach().cpu()}
+                                   if joint is not None else {})}, last)
 
         for epoch in range(start_epoch, epochs + 1):
             sampler.set_epoch(epoch)
@@ -865,7 +933,8 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
                    "seconds": time.perf_counter() - t0}
             due = (epoch % max(save_every, 1) == 0) or epoch == epochs or epoch in cfg.keep_epochs
             if due and epoch_selection == "select-on-test-leaky":
-                leaky[epoch] = _leaky_test_score(man, model.encoder, cfg, dev) if rank == 0 else float("nan")
+                leaky[epoch] = (_leaky_test_score(man, model.encoder if joint is None else joint, cfg, dev)
+                                if rank == 0 else float("nan"))
                 row["leaky_test_score"] = leaky[epoch]
             log_rows.append(row)
             say(f"[finetune] epoch {epoch}: loss {row['loss']:.4f} acc {row['accuracy']:.3f} "
@@ -975,7 +1044,8 @@ def _prune_checkpoints(ckpt_dir: Path, keep: Sequence[int], latest: int, leaky: 
 
 def _leaky_test_score(man, encoder: nn.Module, cfg: FinetuneConfig, dev: torch.device) -> float:
     """Official-style harmonic mean of AUC(source), AUC(target), pAUC per machine, KNN (k=6, cosine) on GeM ch0
-    embeddings of the labelled TEST clips. Uses test labels: only for 'select-on-test-leaky'."""
+    embeddings (joint embeddings for a joint-channel run) of the labelled TEST clips. Uses test labels: only for
+    'select-on-test-leaky'."""
     from scipy.stats import hmean
     from sklearn.metrics import roc_auc_score
     from sklearn.neighbors import NearestNeighbors
@@ -992,8 +1062,9 @@ def _leaky_test_score(man, encoder: nn.Module, cfg: FinetuneConfig, dev: torch.d
         if te.empty or te["label"].nunique() < 2:
             continue
         kw = dict(device=dev, progress=False, inference_mode=False)  # the encoder keeps training afterwards
-        e_tr = embed_paths(encoder, tr["path"].tolist(), "ch0", "gem", cfg.duration, **kw)
-        e_te = embed_paths(encoder, te["path"].tolist(), "ch0", "gem", cfg.duration, **kw)
+        channel = "joint" if cfg.channel_input == "joint" else "ch0"
+        e_tr = embed_paths(encoder, tr["path"].tolist(), channel, "gem", cfg.duration, **kw)
+        e_te = embed_paths(encoder, te["path"].tolist(), channel, "gem", cfg.duration, **kw)
         nn_ = NearestNeighbors(n_neighbors=min(6, len(e_tr)), metric="cosine").fit(e_tr)
         score = nn_.kneighbors(e_te)[0][:, -1]
         y = (te["label"] == "anomaly").to_numpy()
@@ -1023,6 +1094,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="results/<regime>")
     p.add_argument("--machines", default=None, help="comma-separated machines (default all)")
     p.add_argument("--no-channel-classes", action="store_true", help="45 channel-free classes instead of 90")
+    p.add_argument("--channel-input", default="separate", choices=CHANNEL_INPUTS,
+                   help="separate: each channel a mono sample (the authors'); joint: both channels' tokens in one "
+                        "sequence with a learned channel embedding (the kit's experiment, BEATs only; needs "
+                        "--no-channel-classes)")
     p.add_argument("--trainable", default="aau", choices=TRAINABLE_SETS,
                    help="what is trained: aau (the authors' code), top_k (the paper's text), frozen, all")
     p.add_argument("--top-k", type=int, default=None, help="layers unfrozen (default: 4 for BEATs, 10 for SSLAM)")
@@ -1060,7 +1135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sets = [s.strip() for s in a.sets.split(",") if s.strip()]
         man = man[man["set"].isin(sets) | (man["split"] == "test")]
         out = finetune(
-            man, a.backbone, a.out, classes_with_channel=not a.no_channel_classes,
+            man, a.backbone, a.out, classes_with_channel=not a.no_channel_classes, channel_input=a.channel_input,
             machines=a.machines.split(",") if a.machines else None, trainable=a.trainable, top_k=a.top_k,
             epochs=a.epochs, batch_size=a.batch_size, accum=a.accum, lr_backbone=a.lr_backbone, lr_head=a.lr_head,
             weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, duration=a.duration, head=a.head,

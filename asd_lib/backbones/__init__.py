@@ -10,6 +10,7 @@
 Encoder API: ``.kind`` ('beats' | 'eat'), ``.embed_dim``, ``.cfg``, ``.recipe``, ``.preprocess(wave)`` -> fbank
 (B, frames, 128), ``.extract_features(wave)`` -> tokens (B, N, D) (EAT: CLS first), ``.forward_fbank(fbank)``,
 ``.classify(wave)`` (fine-tuned files: BEATs probabilities, EAT logits), ``.save(path)`` (official format).
+``JointChannelEncoder`` (``joint.py``) wraps a BEATs encoder to read both channels as one sequence.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from .beats import BEATS_DEFAULTS, BEATsEncoder
 from .eat import EAT_DEFAULTS, EATEncoder
 from .fbank import RECIPES, aau_fbank, beats_fbank, compute_fbank, eat_fbank
 from .io import load_checkpoint, save_encoder
+from .joint import JointChannelEncoder, load_joint_encoder
 
 log = logging.getLogger(__name__)
 
@@ -91,4 +93,4 @@ def load_backbone(path_or_name: str | Path, recipe: str | None = None, *, allow_
 __all__ = ["load_backbone", "build_named", "construct", "NAMED_CONFIGS", "Encoder", "BEATsEncoder", "EATEncoder",
            "save_encoder", "load_checkpoint", "compute_fbank", "beats_fbank", "eat_fbank", "aau_fbank", "RECIPES",
            "BackboneError", "CheckpointFormatError", "UnsupportedConfigError", "StateDictMismatchError",
-           "ClipTooLongError"]
+           "ClipTooLongError", "JointChannelEncoder", "load_joint_encoder"]
