@@ -53,7 +53,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -61,6 +61,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from asd_lib import logs
+from asd_lib import params as P
 from asd_lib.embed import POOLINGS, pool_tokens
 from asd_lib.fsutil import atomic_torch_save, atomic_write_text, file_sha256, folder_lock
 from asd_lib.progress import bar as progress_bar
@@ -1082,16 +1083,66 @@ def _leaky_test_score(man, encoder: nn.Module, cfg: FinetuneConfig, dev: torch.d
 # ----------------------------------------------------------------------------------------------- CLI
 
 
+def system_runs(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A system's fine-tuning runs from its merged parameters: {backbone: ``finetune`` keyword arguments}, one run
+    per backbone of the ensemble, up to its largest epoch, keeping the epochs the ensemble names. Notebook 01 and
+    ``asd-finetune --system`` both train exactly these (one mapping, so they cannot drift apart)."""
+    plan = P.training_plan(P.resolve_ensemble(params["ensemble"], float(params.get("epoch_scale", 1.0))))
+    checkpoints = {"beats": params["beats_checkpoint"], "sslam": params["sslam_checkpoint"]}
+    unknown = sorted(set(plan) - set(checkpoints))
+    if unknown:
+        raise ValueError(f"ensemble names backbone(s) {unknown}; the kit trains 'beats' and 'sslam' (e.g. beats@107)")
+    shared = {k: params[k] for k in ("trainable", "classes_with_channel", "head", "arcface_s", "arcface_m",
+                                     "train_pooling", "batch_size", "accum", "lr_backbone", "lr_head", "weight_decay",
+                                     "warmup_epochs", "grad_clip", "time_shift", "noise_prob", "amp",
+                                     "epoch_selection", "seed")}
+    shared.update(train_channels=list(params["train_channels"]), duration=float(params["train_seconds"]),
+                  noise_snr_db=list(params["noise_snr_db"]), device=params.get("device") or None)
+    return {b: {"backbone": checkpoints[b], "backbone_id": b, "epochs": max(epochs), "keep_epochs": list(epochs),
+                "recipe": params["sslam_recipe"] if b == "sslam" else None,
+                "top_k": params["sslam_top_k" if b == "sslam" else "beats_top_k"], **shared}
+            for b, epochs in plan.items()}
+
+
+def _train_system(a: argparse.Namespace) -> Path:
+    """``--system``: the system's runs as notebook 01 trains them, into results/<regime>/checkpoints/."""
+    from asd_lib.data import scan
+
+    notebook = "01_finetune_arcface"
+    prm = P.load(a.system, a.params or [])
+    P.validate(prm, P.declared_parameters(sorted(P.NOTEBOOK_DIR.glob("*.ipynb"))))
+    vals = P.inject(prm, P.notebook_parameters(P.NOTEBOOK_DIR / f"{notebook}.ipynb"))
+    runs = system_runs(vals)
+    if a.print_settings:
+        print(json.dumps(runs, indent=1))
+        return Path()
+    layout = P.layout(P.ROOT / vals["results_dir"], vals["regime"])
+    man = P.regime_manifest(scan(P.ensure_data(vals["data_root"], vals["synth_preset"], vals["synth_seed"])),
+                            vals["regime"])
+    out = Path()
+    for backbone, kwargs in runs.items():
+        out = finetune(man, out_dir=layout.regime_dir, resume=not a.no_resume, **kwargs)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m asd_lib.finetune --data DIR --backbone NAME --out results/<regime> ...``; exit status."""
+    """Command line: ``asd-finetune --system S [--params YAML ...]`` (a system's runs, as notebook 01 trains them) or
+    ``asd-finetune --data DIR --backbone NAME --out results/<regime> ...`` (one run, every switch by hand)."""
     p = argparse.ArgumentParser(prog="python -m asd_lib.finetune", description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="data root (scan layout) holding dev_data/ and/or eval_data/")
+    p.add_argument("--system", choices=P.SYSTEMS, default=None,
+                   help="train this system's backbones from its merged parameters (params/base.yaml, "
+                        "params/<system>.yaml, --params), exactly as notebook 01 does; the switches below are then "
+                        "ignored except --no-resume")
+    p.add_argument("--params", nargs="*", default=None, help="with --system: overlays, later ones win")
+    p.add_argument("--print-settings", action="store_true",
+                   help="with --system: print each backbone's finetune() arguments as JSON and stop")
+    p.add_argument("--data", default=None, help="data root (scan layout) holding dev_data/ and/or eval_data/")
     p.add_argument("--sets", default="dev", help="comma-separated manifest sets to train on: dev, add (DEV+ADD)")
     p.add_argument("--backbone", default="beats-tiny",
                    help="checkpoint path (unilm BEATs .pt, fairseq EAT/SSLAM .pt, HF folder) or a named shape")
     p.add_argument("--backbone-id", default=None, help="folder name under <out>/checkpoints/ (default: from backbone)")
     p.add_argument("--recipe", default=None, help="fbank recipe: beats | eat | aau (default: the encoder's own)")
-    p.add_argument("--out", required=True, help="results/<regime>")
+    p.add_argument("--out", default=None, help="results/<regime>")
     p.add_argument("--machines", default=None, help="comma-separated machines (default all)")
     p.add_argument("--no-channel-classes", action="store_true", help="45 channel-free classes instead of 90")
     p.add_argument("--channel-input", default="separate", choices=CHANNEL_INPUTS,
@@ -1130,7 +1181,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="fixed epochs, or the authors' selection on test scores (uses test labels)")
     a = p.parse_args(argv)
     logs.configure()
+    if a.system is None and (a.data is None or a.out is None):
+        p.error("give --system S, or --data DIR and --out results/<regime>")
     try:
+        if a.system is not None:
+            out = _train_system(a)
+            if not a.print_settings:
+                print(out)
+            return 0
         man = _to_manifest(a.data)
         sets = [s.strip() for s in a.sets.split(",") if s.strip()]
         man = man[man["set"].isin(sets) | (man["split"] == "test")]

@@ -170,6 +170,12 @@ def notebook_parameters(path: str | Path) -> dict[str, Any]:
     return parse_parameters_source(_parameters_cell(nb, _rel(path)), _rel(path))
 
 
+def namespace_values(namespace: Mapping[str, Any], notebook: str) -> dict[str, Any]:
+    """The values of one notebook's parameters (``notebook``: its name, e.g. '01_finetune_arcface') as they stand
+    in ``namespace`` (a notebook's ``globals()``: its defaults, or what papermill injected)."""
+    return {k: namespace[k] for k in notebook_parameters(NOTEBOOK_DIR / f"{notebook}.ipynb") if k in namespace}
+
+
 def declared_parameters(notebooks: Iterable[str | Path]) -> dict[str, dict[str, Any]]:
     """Map notebook file name -> {parameter: default} for each notebook."""
     return {Path(p).name: notebook_parameters(p) for p in notebooks}

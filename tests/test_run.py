@@ -315,6 +315,21 @@ def test_the_runner_shows_one_bar_over_its_stages_in_a_terminal():
     assert re.search(rf"asd-run: 100%\|[^\r\n]*\| {n_lines}/{n_lines} ", text)
 
 
+def test_asd_finetune_system_trains_what_notebook_01_trained(smoke_run):
+    tmp, overlay, first, _ = smoke_run
+    assert first.returncode == 0
+    out = subprocess.run([sys.executable, "-m", "asd_lib.finetune", "--system", "dev_offline", "--params", SMOKE,
+                          overlay, "--print-settings"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    runs = json.loads(out.stdout)
+    assert set(runs) == {"beats", "sslam"}
+    for backbone, settings in runs.items():
+        trained = json.loads((tmp / "results" / "dev" / "checkpoints" / backbone / "config.json").read_text())["config"]
+        for key, value in settings.items():
+            if key != "device":  # where it ran, not what it trained
+                assert trained[key] == value, (backbone, key, trained[key], value)
+
+
 def test_a_damaged_output_reruns_its_stage_and_force_retrains_from_scratch(smoke_run):
     """Last in this module: it leaves the smoke run's later stages out of date."""
     import re
