@@ -4,7 +4,8 @@
     python benchmarks/report.py --quick --json /tmp/report.json   # tiny shapes: checks the plumbing in seconds
     make bench                                                    # the full-size report (2 threads)
 
-Stages (full size; ``--quick``: beats-tiny / sslam-tiny, 2 s clips, 2 machines x 50 train x 20 test x 96-d):
+Stages (full size; ``--quick``: beats-tiny / sslam-tiny, 2 s clips, 8 clips to embed, 2 machines x 50 train x 20 test
+x 96-d embeddings; ``--only`` picks stages by name or prefix, e.g. ``--only forward,online``):
 
 - ``fbank``: the BEATs-recipe Kaldi fbank of 8 clips of 10 s (``asd_lib.backbones.compute_fbank``).
 - ``forward-{beats,sslam}-b{8,1}``: encoder forward from cached fbank (``enc.forward_fbank``) of ``beats-base`` and
