@@ -18,9 +18,10 @@ STAGES = ["fbank", "forward-beats-b8", "forward-beats-b1", "forward-sslam-b8", "
 
 
 def test_report_quick_has_every_stage(tmp_path):
+    # one thread: the plumbing is under test, and two OpenMP threads on two shared cores can stall on each other
     out = tmp_path / "report.json"
-    proc = subprocess.run([sys.executable, str(REPORT), "--quick", "--reps", "2", "--json", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, str(REPORT), "--quick", "--reps", "2", "--threads", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     blob = json.loads(out.read_text())
     rows = {r["stage"]: r for r in blob["rows"]}
