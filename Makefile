@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 export MPLBACKEND := Agg
 
-.PHONY: demo test venv lab notebooks clean-notebooks check-notebooks pretrain
+.PHONY: demo test venv lab notebooks clean-notebooks check-notebooks pretrain bench
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,10 @@ lab: $(STAMP)  ## the course: JupyterLab on notebooks/ with the kit's kernel (th
 pretrain: $(STAMP)  ## regenerate checkpoints/ (one thread each, as the shipped runs; about an hour one after the other)
 	$(VPY) -m asd_lib.pretrain --encoder beats --steps 10000 --threads 1
 	$(VPY) -m asd_lib.pretrain --encoder sslam --steps 4000 --threads 1
+
+bench: $(STAMP)  ## the full-size performance report (benchmarks/report.py, $(OMP_NUM_THREADS) threads): table on screen, rows in results/bench/report.json
+	mkdir -p results/bench
+	$(VPY) benchmarks/report.py --threads $(OMP_NUM_THREADS) --json results/bench/report.json
 
 notebooks: $(STAMP)  ## maintainers: re-execute the committed notebooks in place (smoke config) and clean them
 	$(VPY) tools/execute_notebooks.py

@@ -56,6 +56,7 @@ __all__ = [
     "AEScorer",
     "LDNScorer",
     "train_autoencoders",
+    "fit_iterations",
     "gwrp_truncation",
     "holdout_split",
     "calibration_scores",
@@ -551,6 +552,16 @@ def _final(est: BaseEstimator) -> BaseEstimator:
     return est.steps[-1][1] if isinstance(est, Pipeline) else est
 
 
+def fit_iterations(est: BaseEstimator) -> int | None:
+    """EM iterations (GMM, the kept initialisation) or epochs (AE) a fitted scorer ran; None for KNN and LDN."""
+    final = _final(est)
+    if isinstance(final, GMMScorer):
+        return int(final.gmm_.n_iter_)
+    if isinstance(final, AEScorer):
+        return int(final.n_epochs_)
+    return None
+
+
 def _fit(est: BaseEstimator, X: np.ndarray, domains: np.ndarray | None) -> BaseEstimator:
     """Fit an estimator or pipeline, routing domains to the final step."""
     if isinstance(est, Pipeline):
@@ -722,13 +733,14 @@ def score_embeddings(
     Reads ``<emb_root>/<model>/<channel>/<machine>_{train,test}.npz`` (emb, names, labels, domains) and writes
     ``<score_root>/<model>/<channel>/<scorer>/<machine>.npz`` with keys ``test`` (n_test,), ``calib`` (n_calib,),
     ``names`` (test file names), plus ``calib_names`` (training names of the calibration clips) and ``calib_kind``
-    ('loo' or 'holdout'); and the scorer fitted on every training clip, behind its preprocessing, at ``fitted_path``
-    (``scorer_io`` files, which the online export copies). ``calibration='holdout'`` (the authors' method, the
-    default) scores the clips that ``holdout_split`` holds out with a clone fitted on the rest, for every scorer;
-    'loo' instead scores every training clip with itself left out of the neighbour search, for the scorers that have
-    that form (KNN, LDN; GMM and AE stay held-out). Existing files are kept unless ``force``. With ``ae_batched`` all autoencoders (every
-    model, machine, calibration split and final fit) train as stacked batched models, which gives the same
-    per-model recipe (see ``train_autoencoders``) at a fraction of the Python overhead.
+    ('loo' or 'holdout'), for GMM and AE ``iterations`` (2,): the EM iterations / epochs of the final and of the
+    calibration fit (``fit_iterations``); and the scorer fitted on every training clip, behind its preprocessing, at
+    ``fitted_path`` (``scorer_io`` files, which the online export copies). ``calibration='holdout'`` (the authors'
+    method, the default) scores the clips that ``holdout_split`` holds out with a clone fitted on the rest, for
+    every scorer; 'loo' instead scores every training clip with itself left out of the neighbour search, for the
+    scorers that have that form (KNN, LDN; GMM and AE stay held-out). Existing files are kept unless ``force``. With
+    ``ae_batched`` all autoencoders (every model, machine, calibration split and final fit) train as stacked batched
+    models, which gives the same per-model recipe (see ``train_autoencoders``) at a fraction of the Python overhead.
     """
     unknown = set(scorers) - set(SCORER_IDS)
     if unknown:
@@ -782,11 +794,16 @@ def score_embeddings(
                 test = est.decision_function(v["test"])
                 if calibration == "loo" and hasattr(est, "loo_decision_function"):
                     calib, cnames, kind = est.loo_decision_function(), tr_names, "loo"
+                    fits = [est]
                 else:
                     held_est = _fit(clone(est), v["fit"], None if dom is None else dom[fit_idx])
                     calib, cnames, kind = held_est.decision_function(v["held"]), tr_names[held], "holdout"
+                    fits = [est, held_est]
+                its = [fit_iterations(e) for e in fits]
+                extra = {"iterations": np.array(its)} if len(its) == 2 and None not in its else {}
                 atomic_savez(out, test=test.astype(np.float64), calib=calib.astype(np.float64), names=te_names,
-                             calib_names=cnames, calib_kind=np.array(kind), variant=np.array(str(sp.get("variant", ""))))
+                             calib_names=cnames, calib_kind=np.array(kind),
+                             variant=np.array(str(sp.get("variant", ""))), **extra)
                 written.append(out)
     if ae_jobs:
         written += _score_ae_batched(ae_jobs)
@@ -807,7 +824,8 @@ def _score_ae_batched(jobs: list[dict[str, Any]]) -> list[Path]:
         test = reconstruction_mse(res[2 * j]["params"], job["views"]["test"], ae.device)
         calib = reconstruction_mse(res[2 * j + 1]["params"], job["views"]["held"], ae.device)
         atomic_savez(job["out"], test=test, calib=calib, names=job["te_names"], calib_names=job["calib_names"],
-                         calib_kind=np.array("holdout"))
+                     calib_kind=np.array("holdout"),
+                     iterations=np.array([res[2 * j]["n_epochs"], res[2 * j + 1]["n_epochs"]]))
         written.append(job["out"])
     return written
 

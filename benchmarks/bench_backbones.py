@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import re
 import statistics
 import time
@@ -23,40 +22,7 @@ from pathlib import Path
 import torch
 
 from asd_lib.backbones import load_backbone
-
-
-def cpu_info() -> str:
-    """CPU model name and the SIMD flags relevant to fp32 GEMM, from /proc/cpuinfo."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown CPU"
-    model = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
-    flags = re.search(r"^flags\s*:\s*(.*)$", text, re.M)
-    keep = sorted(f for f in (flags.group(1).split() if flags else [])
-                  if f.startswith(("sse4", "avx", "fma", "amx", "f16c")))
-    return f"{model.group(1) if model else 'unknown'} | flags: {' '.join(keep)} | torch cpu capability: " \
-           f"{torch.backends.cpu.get_cpu_capability()}"
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def matmul_rate(device: str, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    """Best-of-``reps`` GFLOP/s of an n x n x n matrix multiply."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    times = []
-    for _ in range(reps):
-        _sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / min(times) / 1e9
+from benchutil import cpu_info, flop_counter, matmul_rate, sync
 
 
 def analytic_flops(enc, tokens: int, batch: int) -> float:
@@ -81,15 +47,7 @@ def analytic_flops(enc, tokens: int, batch: int) -> float:
 
 def counted_flops(enc, fbank: torch.Tensor) -> float:
     """FLOPs of one forward_fbank counted by torch.utils.flop_counter (matmul, conv and SDPA kernels)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    def sdpa_cpu(query, key, value, *args, out_shape=None, **kwargs) -> int:
-        """The CPU flash-attention kernel is not in torch's FLOP registry: QK^T and PV, 2 FLOPs per MAC."""
-        b, h, n, e = query
-        return 2 * b * h * n * key[2] * e + 2 * b * h * n * key[2] * value[3]
-
-    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: sdpa_cpu}
-    counter = FlopCounterMode(display=False, custom_mapping=mapping)
+    counter = flop_counter()
     with counter:
         enc.forward_fbank(fbank)
     return float(counter.get_total_flops())
@@ -137,10 +95,10 @@ def bench(name: str, args, mm_rate: float) -> dict:
         enc.forward_fbank(fbank)  # warm-up
         times = []
         for _ in range(args.reps):
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             enc.forward_fbank(fbank)
-            _sync(device)
+            sync(device)
             times.append(time.perf_counter() - t0)
     t = statistics.median(times)
     mem = torch.cuda.max_memory_allocated() / 2 ** 20 if device == "cuda" else peak_rss_mb()

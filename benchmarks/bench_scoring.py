@@ -42,29 +42,13 @@ def main() -> None:
         growth(args, np)
 
 
-def _fake_embeddings(root: Path, models, machines, n_train, n_test, dim, np) -> None:
-    rng = np.random.default_rng(0)
-    n_tgt = max(1, n_train // 100)
-    dom = np.array(["source"] * (n_train - n_tgt) + ["target"] * n_tgt)
-    tr_names = np.array([f"section_00_{d}_train_normal_{i:04d}_x.wav" for i, d in enumerate(dom)])
-    te_names = np.array([f"section_00_source_test_normal_{i:04d}_x.wav" for i in range(n_test)])
-    for model in models:
-        for m in machines:
-            centre = rng.standard_normal(dim)
-            d = root / model / "ch0"
-            d.mkdir(parents=True, exist_ok=True)
-            np.savez(d / f"{m}_train.npz", emb=(centre + rng.standard_normal((n_train, dim))).astype(np.float32),
-                     names=tr_names, labels=np.zeros(n_train, int), domains=dom)
-            np.savez(d / f"{m}_test.npz", emb=(centre + 1.2 * rng.standard_normal((n_test, dim))).astype(np.float32),
-                     names=te_names, labels=np.zeros(n_test, int), domains=np.array(["source"] * n_test))
-
-
 def dev_size(args, np) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
     from asd_lib import fusion as F
     from asd_lib import scorers as S
+    from benchutil import fake_embeddings
 
     models = ["beats@107", "beats@204", "sslam@1"][: args.models] + [f"m{i}@0" for i in range(3, args.models)]
     machines = [f"machine{i}" for i in range(args.machines)]
@@ -74,7 +58,7 @@ def dev_size(args, np) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         emb, sc = Path(tmp) / "emb", Path(tmp) / "scores"
         t = time.perf_counter()
-        _fake_embeddings(emb, models, machines, args.n_train, args.n_test, args.dim, np)
+        fake_embeddings(emb, models, machines, args.n_train, args.n_test, args.dim)
         print(f"  (writing random embeddings: {time.perf_counter() - t:.1f} s, not counted)")
         for sid in ("knn", "ldn", "gmm", "ae"):
             t = time.perf_counter()

@@ -470,6 +470,12 @@ def test_score_embeddings_layout_skip_force_and_batched_ae(tmp_path):
             assert str(z["calib_kind"]) == "holdout", sid
             held[sid] = z["calib_names"].tolist()
     assert all(v == held["ae"] for v in held.values()) and len(held["ae"]) == 14
+    # GMM and AE files say how long their two fits ran (the performance report counts FLOPs with it)
+    for sid, most in (("gmm", 100), ("ae", 3)):
+        with np.load(tmp_path / "scores" / "beats@1" / "ch0" / sid / "fan.npz") as z:
+            assert z["iterations"].shape == (2,) and 1 <= z["iterations"].min() <= z["iterations"].max() <= most, sid
+    with np.load(tmp_path / "scores" / "beats@1" / "ch0" / "knn" / "fan.npz") as z:
+        assert "iterations" not in z.files
     loo = S.score_embeddings(tmp_path / "emb", tmp_path / "loo", models[:1], scorers=("knn", "gmm"), calibration="loo",
                              scorer_params=params)
     with np.load(loo[0]) as k, np.load(loo[1]) as g:
@@ -485,6 +491,7 @@ def test_score_embeddings_layout_skip_force_and_batched_ae(tmp_path):
     with np.load(p) as a, np.load(tmp_path / "s2" / "beats@1" / "ch0" / "ae" / "fan.npz") as b:
         np.testing.assert_allclose(a["test"], b["test"], rtol=1e-4)
         np.testing.assert_allclose(a["calib"], b["calib"], rtol=1e-4)
+        np.testing.assert_array_equal(a["iterations"], b["iterations"])
     assert not list((tmp_path / "scores").rglob("*.tmp"))
     # the shared-preprocessing cache gives the same numbers as the estimator API (pipeline + calibration_scores)
     with np.load(tmp_path / "emb" / "sslam@2" / "ch0" / "valveEmu_train.npz") as tr, \
