@@ -240,9 +240,11 @@ def bars(df, x: str, y: str, hue: str | None = None, title: str = "", ylabel: st
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    width = min(11.0, max(5.0, 0.3 * df[x].nunique() * (df[hue].nunique() if hue else 1) + 2.0))
-    fig, ax = plt.subplots(figsize=(width, 3.4))
-    sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax, errorbar=errorbar, capsize=0.15 if errorbar else 0.0)
+    dodge = bool(hue) and int(df.groupby(x)[hue].nunique().max()) > 1  # side by side only where a bar shares its x
+    slots = df[x].nunique() * (df[hue].nunique() if dodge else 1)
+    width = min(16.0, max(5.0, 0.3 * slots + 2.0))
+    fig, ax = plt.subplots(figsize=(width, 3.8))
+    sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax, errorbar=errorbar, capsize=0.15 if errorbar else 0.0, dodge=dodge)
     if ref is not None:
         ax.axhline(ref, color="0.5", lw=0.7, ls=":")
     low = float(df[y].min())
@@ -251,7 +253,10 @@ def bars(df, x: str, y: str, hue: str | None = None, title: str = "", ylabel: st
     ax.set_title(title, fontsize=9)
     ax.set_ylabel(ylabel or y)
     ax.set_xlabel("")
-    ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+    ax.tick_params(axis="x", labelrotation=35, labelsize=7)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
+        label.set_rotation_mode("anchor")
     if hue:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return fig
