@@ -1104,24 +1104,24 @@ def system_runs(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             for b, epochs in plan.items()}
 
 
-def _train_system(a: argparse.Namespace) -> Path:
+def _system_values(system: str, overlays: Sequence[str]) -> dict[str, Any]:
+    """``--system``: the merged, checked parameters that notebook 01 would be given."""
+    prm = P.load(system, overlays)
+    P.validate(prm, P.declared_parameters(sorted(P.NOTEBOOK_DIR.glob("*.ipynb"))))
+    return P.inject(prm, P.notebook_parameters(P.NOTEBOOK_DIR / "01_finetune_arcface.ipynb"))
+
+
+def _train_system(vals: Mapping[str, Any], resume: bool) -> Path:
     """``--system``: the system's runs as notebook 01 trains them, into results/<regime>/checkpoints/."""
     from asd_lib.data import scan
 
-    notebook = "01_finetune_arcface"
-    prm = P.load(a.system, a.params or [])
-    P.validate(prm, P.declared_parameters(sorted(P.NOTEBOOK_DIR.glob("*.ipynb"))))
-    vals = P.inject(prm, P.notebook_parameters(P.NOTEBOOK_DIR / f"{notebook}.ipynb"))
     runs = system_runs(vals)
-    if a.print_settings:
-        print(json.dumps(runs, indent=1))
-        return Path()
     layout = P.layout(P.ROOT / vals["results_dir"], vals["regime"])
     man = P.regime_manifest(scan(P.ensure_data(vals["data_root"], vals["synth_preset"], vals["synth_seed"])),
                             vals["regime"])
     out = Path()
     for backbone, kwargs in runs.items():
-        out = finetune(man, out_dir=layout.regime_dir, resume=not a.no_resume, **kwargs)
+        out = finetune(man, out_dir=layout.regime_dir, resume=resume, **kwargs)
     return out
 
 
@@ -1185,9 +1185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("give --system S, or --data DIR and --out results/<regime>")
     try:
         if a.system is not None:
-            out = _train_system(a)
-            if not a.print_settings:
-                print(out)
+            vals = _system_values(a.system, a.params or [])
+            print(json.dumps(system_runs(vals), indent=1) if a.print_settings else _train_system(vals, not a.no_resume))
             return 0
         man = _to_manifest(a.data)
         sets = [s.strip() for s in a.sets.split(",") if s.strip()]
