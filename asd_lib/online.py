@@ -751,15 +751,15 @@ def _stored_scorers(score_root: Path, models: Sequence[str], machines: Sequence[
 
 def _check_settings(est: Any, scorer: str, vals: Mapping[str, Any], where: str) -> None:
     """ExportError unless a stored scorer has the settings these params give (parameters, preprocessing, seed)."""
-    from asd_lib.scorers import make_scorer, scorer_params_from
+    from asd_lib.scorers import _final, make_scorer, scorer_params_from
 
     sp = scorer_params_from(vals).get(scorer, {})
     want = make_scorer(scorer, preprocess=vals.get("preprocess", "aau"), seed=int(vals.get("seed", 0)), **sp)
     got_steps = [type(e).__name__ for e in getattr(est, "named_steps", {"": est}).values()]
     want_steps = [type(e).__name__ for e in getattr(want, "named_steps", {"": want}).values()]
     drop = {"device"}  # where it ran, not what it computes
-    got = {k: v for k, v in _last(est).get_params().items() if k not in drop}
-    exp = {k: v for k, v in _last(want).get_params().items() if k not in drop}
+    got = {k: v for k, v in _final(est).get_params().items() if k not in drop}
+    exp = {k: v for k, v in _final(want).get_params().items() if k not in drop}
     if got_steps != want_steps or got != exp:
         diff = sorted(k for k in set(got) | set(exp) if got.get(k) != exp.get(k))
         raise ExportError(f"{where}: the {scorer} scorer the scoring stage stored ({' + '.join(got_steps)}"
@@ -768,10 +768,6 @@ def _check_settings(est: Any, scorer: str, vals: Mapping[str, Any], where: str) 
                           + (f"; {', '.join(f'{k}={exp.get(k)!r}' for k in diff)}" if diff else "")
                           + "): rerun the scoring notebooks (03*) with these params, or export with the params "
                           "the scores were made with")
-
-
-def _last(est: Any) -> Any:
-    return est.steps[-1][1] if hasattr(est, "steps") else est
 
 
 def batch_online_scores(score_root: str | Path, models: Sequence[str], scorers: Sequence[str], channel: str,
