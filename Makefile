@@ -40,8 +40,8 @@ bench: $(STAMP)  ## the full-size performance report (benchmarks/report.py, $(OM
 	mkdir -p results/bench
 	$(VPY) benchmarks/report.py --threads $(OMP_NUM_THREADS) --json results/bench/report.json
 
-notebooks: $(STAMP)  ## maintainers: re-execute the committed notebooks in place (smoke config) and clean them
-	$(VPY) tools/execute_notebooks.py
+notebooks: $(STAMP)  ## maintainers, after make demo: commit the demo run's executed notebooks into notebooks/
+	$(VPY) tools/commit_notebooks.py
 
 clean-notebooks: $(STAMP)
 	$(VPY) -m asd_lib.nbclean notebooks

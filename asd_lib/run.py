@@ -138,11 +138,15 @@ def select(only: Sequence[str] | None) -> list[str]:
     return chosen
 
 
+INJECTED = "injected-parameters"  # papermill's tag for the cell it adds (and replaces) after `parameters`
+
+
 def _cells(path: Path) -> list[tuple[str, str]]:
-    """(cell type, source) of every cell of a notebook."""
+    """(cell type, source) of every cell of a notebook but papermill's injected one: the committed notebooks keep
+    the demo run's injected cell, and papermill replaces it at every run, so it is not part of a stage's source."""
     nb = json.loads(path.read_text())
     return [(c["cell_type"], "".join(c["source"]) if isinstance(c["source"], list) else c["source"])
-            for c in nb["cells"]]
+            for c in nb["cells"] if INJECTED not in c.get("metadata", {}).get("tags", [])]
 
 
 class StageOutOfDate(RuntimeError):
