@@ -3,10 +3,12 @@
     python tools/execute_notebooks.py                 # every notebook, in the order of asd_lib.run.NOTEBOOKS
     python tools/execute_notebooks.py --only 00b 01   # just these (name prefixes)
 
-The notebooks in notebooks/ are the source: edit them in JupyterLab (or any editor), then run this so that the
-committed outputs and execution counts are those of a top-to-bottom run. Each notebook runs with its own
-`parameters` cell (the smoke configuration, which tests/test_notebooks.py keeps in line with params/smoke.yaml)
-in a fresh kernel whose working directory is the repository root.
+The notebooks in notebooks/ are the source: edit them in JupyterLab (which saves the .py twin with the notebook) or
+edit a twin notebooks/NN_name.py, then run this so that the committed outputs and execution counts are those of a
+top-to-bottom run. Each notebook is first synced with its twin (`python -m asd_lib.nbclean`: a twin saved after the
+notebook gives the cells), then runs with its own `parameters` cell (the smoke configuration, which
+tests/test_notebooks.py keeps in line with params/smoke.yaml) in a fresh kernel whose working directory is the
+repository root, and is written back cleaned, its twin rewritten from it.
 """
 from __future__ import annotations
 
@@ -29,14 +31,17 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # committed outputs hold no progress
 
 
 def execute(path: Path, timeout: int = 1800) -> None:
-    """Run one notebook top to bottom and write it back cleaned (atomically)."""
+    """Sync one notebook with its twin, run it top to bottom and write it back cleaned with its twin (atomically)."""
     from nbclient import NotebookClient
 
+    synced, errors = nbclean.sync(path)
+    if errors:
+        raise SystemExit("\n".join(f"error: {e}" for e in errors))
+    for line in synced:
+        print(line, flush=True)
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, kernel_name=KERNEL, timeout=timeout, resources={"metadata": {"path": str(ROOT)}}).execute()
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(nbclean.dumps(nbclean.clean(nb)))
-    os.replace(tmp, path)
+    nbclean.write_pair(path, nb)
 
 
 def main() -> int:
