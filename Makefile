@@ -40,11 +40,11 @@ bench: $(STAMP)  ## the full-size performance report (benchmarks/report.py, $(OM
 	mkdir -p results/bench
 	$(VPY) benchmarks/report.py --threads $(OMP_NUM_THREADS) --json results/bench/report.json
 
-notebooks: $(STAMP)  ## maintainers, after make demo: commit the demo run's executed notebooks into notebooks/
+notebooks: $(STAMP)  ## maintainers, after make demo: commit the demo run's executed notebooks (and their .py twins)
 	$(VPY) tools/commit_notebooks.py
 
-clean-notebooks: $(STAMP)
+clean-notebooks: $(STAMP)  ## clean the notebooks and sync each with its .py twin (the file saved last gives the cells)
 	$(VPY) -m asd_lib.nbclean notebooks
 
-check-notebooks: $(STAMP)
+check-notebooks: $(STAMP)  ## change nothing; fail if a notebook needs cleaning or a pair is out of sync
 	$(VPY) -m asd_lib.nbclean --check notebooks

@@ -1,17 +1,32 @@
-"""Notebook cleaner: ``python -m asd_lib.nbclean [--check] PATH ...``.
+"""Notebook cleaner and pair sync: ``python -m asd_lib.nbclean [--check] PATH ...``.
 
-Drops what a run leaves behind that is not content: notebook-level metadata other than the kernel spec and the
-language name (papermill's parameters and timings, widget state, the Python version), and cell metadata other than
-``tags`` (timings, ``collapsed``/``scrolled`` flags, papermill's per-cell status). Keeps sources, outputs and
-execution counts, so the committed notebooks still show the smoke run (docs/conventions.md, "Notebooks").
-``--check`` changes nothing and exits 1 when some file would change; CI runs it on ``notebooks/``.
+Cleaning drops what a run leaves behind that is not content: notebook-level metadata other than the kernel spec and
+the language name (papermill's parameters and timings, widget state, the Python version, the ``jupytext`` entry
+JupyterLab adds on save), cell metadata other than ``tags`` (timings, ``collapsed``/``scrolled`` flags, papermill's
+per-cell status) and blank lines at the end of a cell. It keeps sources, outputs and execution counts, so the
+committed notebooks still show the smoke run (docs/conventions.md, "Notebooks").
+
+Pairs: where a jupytext configuration pairs the notebooks (``notebooks/jupytext.toml``: ``formats =
+"ipynb,py:percent"``, read by JupyterLab too), each ``NN_name.ipynb`` has a twin ``NN_name.py`` that holds its cells
+without outputs, exactly as jupytext writes it from the cleaned notebook. The pairing lives in that file, not in the
+notebooks' metadata, so cleaning a notebook keeps it paired. Without ``--check`` each notebook is cleaned and its pair
+synced: the file of the pair saved last supplies the cells (JupyterLab saves both; a ``.py`` edited in an editor is
+newer, and its cells go into the notebook, where the cells it changed lose their outputs until ``make notebooks``
+re-executes them), the ``.ipynb`` keeps the outputs, and the twin is rewritten from the result. A twin without its
+notebook is an error, unless it is named on the command line: then its notebook is created from it.
+
+``--check`` changes nothing and exits 1 when some file would change (a notebook to clean, a twin missing, out of
+sync or without its notebook); CI runs it on ``notebooks/`` (``make test``).
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import difflib
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -34,6 +49,7 @@ def clean(nb: dict[str, Any]) -> dict[str, Any]:
         cell["metadata"] = {k: cmeta[k] for k in KEEP_CELL_METADATA if cmeta.get(k)}
         if isinstance(cell.get("source"), list):
             cell["source"] = "".join(cell["source"])
+        cell["source"] = cell.get("source", "").rstrip()  # the py:percent twin cannot hold trailing blank lines
         if cell.get("cell_type") == "code":
             for o in cell.get("outputs", []):
                 if o.get("output_type") == "stream" and isinstance(o.get("text"), list):
@@ -55,53 +71,269 @@ def clean_text(text: str) -> str:
     return dumps(clean(json.loads(text)))
 
 
-def notebooks_in(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """The .ipynb files named or found under the given folders (scratch notebooks `_*.ipynb` and checkpoints skipped)."""
-    found: list[Path] = []
+# ----------------------------------------------------------------------------------------------------------
+# pairs: a notebook and its jupytext twin(s)
+
+
+@dataclass(frozen=True)
+class Twin:
+    """A text file that jupytext pairs with a notebook: its path, its jupytext format and the configuration."""
+
+    path: Path
+    fmt: dict[str, str]
+    config: Any  # jupytext.config.JupytextConfiguration
+
+
+def _config(folder: Path) -> Any:
+    from jupytext.config import load_jupytext_config
+
+    return load_jupytext_config(str(folder))
+
+
+def twins(notebook: Path) -> list[Twin]:
+    """The twins of a notebook under the jupytext configuration of its folder (``notebooks/jupytext.toml``: one,
+    ``NN_name.py``); [] when no configuration pairs it."""
+    from jupytext.paired_paths import paired_paths
+
+    config = _config(notebook.parent)
+    formats = config.default_formats(str(notebook)) if config is not None else None
+    if not formats:
+        return []
+    return [Twin(Path(p), fmt, config) for p, fmt in paired_paths(str(notebook), "ipynb", formats)
+            if fmt["extension"] != ".ipynb"]
+
+
+def notebook_of(text_file: Path) -> Path | None:
+    """The .ipynb a twin belongs to (whether or not it exists), or None when no jupytext configuration pairs it."""
+    from jupytext.formats import long_form_multiple_formats
+    from jupytext.paired_paths import paired_paths
+
+    config = _config(text_file.parent)
+    formats = config.default_formats(str(text_file)) if config is not None else None
+    if not formats:
+        return None
+    fmt = next((f for f in long_form_multiple_formats(formats) if f["extension"] == text_file.suffix), None)
+    if fmt is None:
+        return None
+    return next((Path(p) for p, f in paired_paths(str(text_file), fmt, formats) if f["extension"] == ".ipynb"), None)
+
+
+def twin_text(nb: dict[str, Any], twin: Twin) -> str:
+    """What jupytext writes in the twin for this (cleaned) notebook: its cells and tags, no outputs."""
+    import jupytext
+    import nbformat
+
+    return jupytext.writes(nbformat.from_dict(json.loads(json.dumps(nb))), fmt=dict(twin.fmt), config=twin.config)
+
+
+def read_twin(text: str, twin: Twin) -> Any:
+    """The notebook (nbformat node, no outputs) that jupytext reads from a twin's text."""
+    import jupytext
+
+    return jupytext.reads(text, fmt=dict(twin.fmt), config=twin.config)
+
+
+def _cells(cells: Iterable[Any]) -> list[tuple[str, str, list[str]]]:
+    return [(c["cell_type"], c["source"], list(c.get("metadata", {}).get("tags", []))) for c in cells]
+
+
+def round_trip_problem(nb: dict[str, Any], twin: Twin) -> str | None:
+    """None when the twin written from the (cleaned) notebook reads back as the same cells, types and tags; else
+    which cell does not."""
+    back = read_twin(twin_text(nb, twin), twin)
+    a, b = _cells(nb["cells"]), _cells(back.cells)
+    if a == b:
+        return None
+    i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return (f"cell {i + 1} does not survive the round trip through {twin.path.name} (a line '# %%' inside a cell "
+            f"starts a new cell there); change the cell")
+
+
+def combine(inputs: Any, nb: dict[str, Any]) -> dict[str, Any]:
+    """The notebook ``nb`` with the cells of ``inputs`` (a twin read back): a cell whose type and source are
+    unchanged keeps its id, outputs and execution count; a changed one keeps its id and loses its outputs (re-execute
+    it); a new one starts empty. Tags come from ``inputs``."""
+    import nbformat
+
+    old = nb["cells"]
+    new = inputs.cells
+    with_ids = (nb.get("nbformat", 4), nb.get("nbformat_minor", 0)) >= (4, 5)
+    out: list[dict[str, Any]] = []
+    matcher = difflib.SequenceMatcher(None, [(c["cell_type"], c["source"]) for c in old],
+                                      [(c.cell_type, c.source) for c in new], autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        for k, j in enumerate(range(j1, j2)):
+            src = new[j]
+            meta = {m: copy.deepcopy(src.metadata[m]) for m in KEEP_CELL_METADATA if src.metadata.get(m)}
+            if op == "equal":
+                cell = copy.deepcopy(old[i1 + k])
+            else:
+                maker = {"code": nbformat.v4.new_code_cell, "markdown": nbformat.v4.new_markdown_cell,
+                         "raw": nbformat.v4.new_raw_cell}[src.cell_type]
+                cell = json.loads(json.dumps(maker(src.source)))
+                prev = old[i1 + k] if op == "replace" and i1 + k < i2 else None
+                if prev is not None and "id" in prev:
+                    cell["id"] = prev["id"]
+                if not with_ids:
+                    cell.pop("id", None)
+            cell["metadata"] = meta
+            out.append(cell)
+    result = copy.deepcopy(nb)
+    result["cells"] = out
+    return result
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_pair(path: Path, nb: dict[str, Any]) -> None:
+    """Write a notebook cleaned, then its twins from it (tools/execute_notebooks.py, after a run)."""
+    cleaned = clean(nb)
+    _write(path, dumps(cleaned))
+    for t in twins(path):
+        _write(t.path, twin_text(cleaned, t))
+
+
+def sync(path: Path, write: bool = True) -> tuple[list[str], list[str]]:
+    """Clean one notebook and sync it with its twins (see the module docstring); with ``write=False`` change
+    nothing. Returns (what changed or would change, errors), one line each."""
+    text = path.read_text()
+    cleaned = clean(json.loads(text))
+    pairs = twins(path)
+    verb = "cleaned" if write else "would change"
+    changes: list[str] = []
+    source = None  # a twin saved after the notebook whose cells differ: it supplies the cells
+    for t in pairs:
+        if t.path.is_file() and t.path.stat().st_mtime_ns > path.stat().st_mtime_ns and \
+                t.path.read_text() != twin_text(cleaned, t):
+            source = t
+            break
+    took = False  # whether the notebook takes cells from that twin
+    if source is not None:
+        before = _cells(cleaned["cells"])
+        cleaned = clean(combine(read_twin(source.path.read_text(), source), cleaned))
+        took = _cells(cleaned["cells"]) != before
+        if took:
+            changes.append(f"{'updated' if write else 'out of sync'}: {path} "
+                           f"({'took' if write else 'would take'} the cells of {source.path}, saved after it; "
+                           f"re-execute it: make notebooks)")
+    for t in pairs:
+        problem = round_trip_problem(cleaned, t)
+        if problem:
+            return changes, [f"{path}: {problem}"]
+    new = dumps(cleaned)
+    if new != text and not took:
+        changes.append(f"{verb}: {path}")
+    twin_writes = []
+    for t in pairs:
+        expected = twin_text(cleaned, t)
+        if not t.path.is_file():
+            changes.append(f"{'wrote' if write else 'missing twin'}: {t.path} (of {path})")
+        elif t.path.read_text() != expected:
+            if not (took and t is source):
+                changes.append(f"{'rewrote' if write else 'out of sync'}: {t.path} "
+                               f"({'from' if write else 'differs from'} {path})")
+        else:
+            continue
+        twin_writes.append((t.path, expected))
+    if write:
+        if new != text:
+            _write(path, new)
+        for p, expected in twin_writes:  # after the notebook: the twin is the newer file, as JupyterLab leaves it
+            _write(p, expected)
+    return changes, []
+
+
+def create_from_twin(text_file: Path, notebook: Path) -> None:
+    """Write a new notebook (no outputs, the kit's kernel) from a twin whose notebook does not exist yet."""
+    pairs = [t for t in twins(notebook) if t.path == text_file]
+    nb = read_twin(text_file.read_text(), pairs[0])
+    nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"}}
+    write_pair(notebook, json.loads(json.dumps(nb)))
+
+
+def _skipped(p: Path) -> bool:
+    return p.name.startswith("_") or ".ipynb_checkpoints" in p.parts
+
+
+def collect(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path], list[Path]]:
+    """(notebooks, twins without a notebook found in the folders, twins without a notebook named) for the paths:
+    notebooks, twins (standing for their notebook) or folders. Scratch files `_*` and checkpoints are skipped."""
+    from jupytext.formats import NOTEBOOK_EXTENSIONS
+
+    notebooks: list[Path] = []
+    orphans: list[Path] = []
+    named: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found += [f for f in sorted(p.rglob("*.ipynb"))
-                      if not f.name.startswith("_") and ".ipynb_checkpoints" not in f.parts]
+            notebooks += [f for f in sorted(p.rglob("*.ipynb")) if not _skipped(f)]
+            for f in sorted(p.rglob("*")):
+                if f.suffix != ".ipynb" and f.suffix in NOTEBOOK_EXTENSIONS and f.is_file() and not _skipped(f):
+                    nb = notebook_of(f)
+                    if nb is not None and not nb.is_file():
+                        orphans.append(f)
         elif p.suffix == ".ipynb" and p.is_file():
-            found.append(p)
+            notebooks.append(p)
+        elif p.is_file() and notebook_of(p) is not None:
+            nb = notebook_of(p)
+            (notebooks if nb.is_file() else named).append(nb if nb.is_file() else p)
         else:
-            raise FileNotFoundError(f"not a notebook or folder: {p}")
-    return found
+            raise FileNotFoundError(f"not a notebook, a notebook's twin or a folder: {p}")
+    return list(dict.fromkeys(notebooks)), orphans, named
+
+
+def notebooks_in(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """The .ipynb files named or found under the given folders (scratch notebooks `_*.ipynb` and checkpoints
+    skipped); a twin named stands for its notebook."""
+    return collect(paths)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Clean notebooks in place, or with --check report the ones that would change (exit 1)."""
+    """Clean notebooks and sync their twins in place, or with --check report what would change (exit 1)."""
     ap = argparse.ArgumentParser(prog="python -m asd_lib.nbclean", description=__doc__.split("\n\n")[0])
-    ap.add_argument("paths", nargs="+", help="notebooks or folders of notebooks")
-    ap.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file would change")
+    ap.add_argument("paths", nargs="+", help="notebooks, their .py twins, or folders of notebooks")
+    ap.add_argument("--check", action="store_true",
+                    help="change nothing; exit 1 if a notebook would change or a pair is out of sync")
     args = ap.parse_args(argv)
     try:
-        files = notebooks_in(args.paths)
+        files, orphans, named = collect(args.paths)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    dirty = []
+    changes: list[str] = []
+    errors: list[str] = []
     for f in files:
-        text = f.read_text()
         try:
-            new = clean_text(text)
+            done, bad = sync(f, write=not args.check)
         except (ValueError, KeyError) as exc:
             print(f"error: {f} is not a valid notebook: {exc}", file=sys.stderr)
             return 2
-        if new != text:
-            dirty.append(f)
-            if not args.check:
-                tmp = f.with_name(f".{f.name}.tmp{os.getpid()}")
-                tmp.write_text(new)
-                os.replace(tmp, f)
-    verb = "would change" if args.check else "cleaned"
-    for f in dirty:
-        print(f"{verb}: {f}")
-    if args.check and dirty:
-        print(f"{len(dirty)} notebook(s) need cleaning: run python -m asd_lib.nbclean {' '.join(args.paths)}",
-              file=sys.stderr)
-        return 1
-    return 0
+        changes += done
+        errors += bad
+    for f in orphans + named:
+        nb = notebook_of(f)
+        if args.check:
+            changes.append(f"no notebook: {f} (a twin without {nb})")
+        elif f in named:
+            create_from_twin(f, nb)
+            changes.append(f"created: {nb} (from {f}; execute it: python tools/execute_notebooks.py --only "
+                           f"{nb.stem.split('_')[0]})")
+        else:
+            errors.append(f"{f} has no notebook {nb}: git rm it if the notebook was renamed or removed, or create "
+                          f"the notebook from it: python -m asd_lib.nbclean {f}")
+    for line in changes:
+        print(line)
+    for line in errors:
+        print(f"error: {line}", file=sys.stderr)
+    if args.check and changes:
+        print(f"{len(changes)} file(s) need cleaning or syncing: run python -m asd_lib.nbclean {' '.join(args.paths)}"
+              f" (in each pair the file saved last gives the cells, the .ipynb the outputs)", file=sys.stderr)
+    if errors:
+        return 2
+    return 1 if args.check and changes else 0
 
 
 if __name__ == "__main__":

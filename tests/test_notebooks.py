@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from asd_lib import nbclean, params as P
-from asd_lib.run import NOTEBOOKS
+from asd_lib.run import INJECTED, NOTEBOOKS, PRIMARY_SYSTEM
 
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
@@ -139,3 +139,56 @@ def test_papermill_reads_every_parameter_line(path: Path):
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     found = {p.name for p in PythonTranslator.inspect(cell)}
     assert found == set(P.notebook_parameters(path)), "papermill cannot parse some lines (avoid '=' and '\"' in comments)"
+
+
+def _demo() -> P.Params:
+    return P.load(PRIMARY_SYSTEM, [P.PARAMS_DIR / "demo.yaml"])
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_committed_outputs_are_the_demo_runs(path: Path):
+    """Right after `parameters` comes papermill's cell of the demo run (tools/commit_notebooks.py), which nbval skips:
+    CI executes the smoke configuration, a reader sees the outputs of the README's run and the values behind them."""
+    cell = _nb(path)["cells"][2]
+    assert cell["metadata"].get("tags") == [INJECTED, "nbval-skip"], f"{path.name}: run make demo, then make notebooks"
+    assert P.parse_parameters_source(_src(cell)) == P.inject(_demo(), P.notebook_parameters(path))
+
+
+def _commit_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("commit_notebooks", ROOT / "tools" / "commit_notebooks.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_commit_notebooks_takes_only_a_current_run_with_the_demo_parameters(tmp_path: Path):
+    tool = _commit_tool()
+    name, scope = "03a_score_knn", "regime"
+    src = NB_DIR / f"{name}.ipynb"
+    params = _demo().updated({"results_dir": str(tmp_path)}, "test")
+    values = P.inject(params, P.notebook_parameters(src))
+    nb = _nb(src)
+    body = [c for c in nb["cells"] if INJECTED not in c["metadata"].get("tags", [])]
+
+    def executed(values: dict, cells: list) -> None:  # what papermill would leave in the run's folder
+        injected = {"cell_type": "code", "execution_count": 2, "id": "injected", "outputs": [],
+                    "metadata": {"tags": [INJECTED], "papermill": {"status": "completed"}},
+                    "source": "# Parameters\n" + "".join(f"{k} = {v!r}\n" for k, v in values.items())}
+        path = tool.executed_copy(name, scope, params)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**nb, "cells": cells[:2] + [injected] + cells[2:]}))
+
+    executed(values, body)
+    out = tool.committed_form(name, scope, params, "demo")
+    assert out["cells"][2]["metadata"] == {"tags": [INJECTED, "nbval-skip"]}
+    assert out == nbclean.clean(out)
+    with pytest.raises(SystemExit, match="other parameters"):
+        executed({**values, "knn_k": 3}, body)
+        tool.committed_form(name, scope, params, "demo")
+    with pytest.raises(SystemExit, match="another version of the notebook"):
+        edited = json.loads(json.dumps(body))
+        edited[-1]["source"] = _src(edited[-1]) + "\n(edited)"
+        executed(values, edited)
+        tool.committed_form(name, scope, params, "demo")

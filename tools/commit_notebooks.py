@@ -8,7 +8,8 @@ For each notebook it takes the copy the runner executed for the paper's best sys
 stages of `dev`, fusion of `dev_offline`, the shared and report stages), checks that this copy ran from the
 notebook as it is now (every cell but papermill's injected-parameters cell unchanged) with the demo's parameters
 and without an error, tags the injected cell `nbval-skip`, cleans it (asd_lib.nbclean) and writes it over
-notebooks/<name>.ipynb.
+notebooks/<name>.ipynb, and its jupytext twin notebooks/<name>.py from it. A pair out of sync (a twin edited after
+the run) is refused: sync it (make clean-notebooks) and run the demo again first.
 
 A committed notebook then holds, in this order: the `parameters` cell (the quick smoke configuration, which
 tests/test_notebooks.py keeps equal to params/smoke.yaml), papermill's injected cell (the demo's values) and the
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -43,6 +43,10 @@ def executed_copy(name: str, scope: str, params: P.Params) -> Path:
 def committed_form(name: str, scope: str, params: P.Params, label: str) -> dict:
     """The executed copy of one notebook, checked against the committed source and the parameters, ready to commit."""
     src, run = ROOT / "notebooks" / f"{name}.ipynb", executed_copy(name, scope, params)
+    changes, errors = nbclean.sync(src, write=False)
+    if changes or errors:  # e.g. a .py twin edited after the run: its edit would be lost
+        raise SystemExit(f"{name}: " + "; ".join(changes + errors) + "\n  sync the pair first (make clean-notebooks), "
+                         "then make demo again")
     if not run.is_file():
         raise SystemExit(f"{name}: no executed copy at {run.relative_to(ROOT)}; run `make demo` first")
     if _cells(run) != _cells(src):
@@ -69,10 +73,7 @@ def main() -> int:
     label = " + ".join(["params/base.yaml", f"params/{PRIMARY_SYSTEM}.yaml", *args.params])
     ready = {name: committed_form(name, scope, params, label) for name, scope in chosen}  # check all before writing any
     for name, nb in ready.items():
-        path = ROOT / "notebooks" / f"{name}.ipynb"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(nbclean.dumps(nb))
-        os.replace(tmp, path)
+        nbclean.write_pair(ROOT / "notebooks" / f"{name}.ipynb", nb)  # the notebook and its .py twin
         print(f"{name}: committed the outputs of {executed_copy(name, dict(NOTEBOOKS)[name], params).relative_to(ROOT)}")
     return 0
 
