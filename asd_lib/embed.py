@@ -22,6 +22,7 @@ embedding is read from the ``epoch_XXX.head.pt`` next to the checkpoint.
 """
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -231,14 +232,26 @@ def embedding_source(out_root: str | Path, model_id: str, channel: str, machine:
         return str(z["checkpoint_sha256"]) if "checkpoint_sha256" in z.files else ""
 
 
-def _cache_ok(path: Path, names: list[str], checkpoint_sha256: str) -> bool:
+def recorded_settings(out_root: str | Path, model_id: str, channel: str) -> dict[str, Any]:
+    """The extraction settings (pooling, recipe) recorded in a cached embedding folder, {} when there is none.
+    Notebook 02 compares them with its parameters (``params.changed_settings``)."""
+    for path in sorted((Path(out_root) / model_id / channel).glob("*_train.npz"))[:1]:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return json.loads(str(z["settings"])) if "settings" in z.files else {}
+        except (OSError, ValueError):
+            return {}
+    return {}
+
+
+def _cache_ok(path: Path, names: list[str], checkpoint_sha256: str, settings: str) -> bool:
     if not path.exists():
         return False
     try:
         with np.load(path, allow_pickle=False) as z:
             made_by = str(z["checkpoint_sha256"]) if "checkpoint_sha256" in z.files else ""
             return (list(z["names"]) == names and z["emb"].shape[0] == len(names) and "domains" in z
-                    and made_by == checkpoint_sha256)
+                    and made_by == checkpoint_sha256 and "settings" in z.files and str(z["settings"]) == settings)
     except Exception:  # a corrupt or foreign file is recomputed, never trusted
         return False
 
@@ -252,9 +265,10 @@ def extract_embeddings(manifest: Any, checkpoint_or_encoder: Any, out_root: str 
 
     ``manifest``: a ``scan`` DataFrame or data root; ``checkpoint_or_encoder``: an encoder module, a checkpoint
     path (``epoch_XXX.pt``) or a backbone name; ``out_root``: ``results/<regime>/embeddings``. A cached file is
-    reused when it holds exactly the manifest's clip names and was made from the same checkpoint file (unless
-    ``force``); files are written atomically. Each file records the sha256 of the checkpoint file it came from
-    (``checkpoint_sha256``, empty for an encoder module or a backbone name), which the online export checks.
+    reused when it holds exactly the manifest's clip names and was made from the same checkpoint file with the same
+    pooling and recipe (unless ``force``); files are written atomically. Each file records the sha256 of the
+    checkpoint file it came from (``checkpoint_sha256``, empty for an encoder module or a backbone name), which the
+    online export checks, and those settings (``settings``, JSON).
     ``channel='joint'`` takes a checkpoint fine-tuned with ``channel_input='joint'`` (or a ``JointChannelEncoder``)
     and writes ``<model_id>/joint/`` files of the same keys and shapes as the other channels.
     """
@@ -282,6 +296,7 @@ def extract_embeddings(manifest: Any, checkpoint_or_encoder: Any, out_root: str 
     encoder = None
     source = checkpoint_or_encoder if isinstance(checkpoint_or_encoder, (str, os.PathLike)) else None
     ckpt_sha = file_sha256(source) if source is not None and Path(source).is_file() else ""
+    settings = json.dumps({"pooling": pooling, "recipe": recipe}, sort_keys=True)  # what else shapes the vectors
     result: dict[str, dict[str, Path]] = {}
     for machine in sorted(man["machine"].unique()):
         result[machine] = {}
@@ -292,7 +307,7 @@ def extract_embeddings(manifest: Any, checkpoint_or_encoder: Any, out_root: str 
             path = embedding_path(out_root, model_id, channel, machine, split)
             names = rows["file_name"].tolist()
             result[machine][split] = path
-            if not force and _cache_ok(path, names, ckpt_sha):
+            if not force and _cache_ok(path, names, ckpt_sha, settings):
                 continue
             if encoder is None:
                 encoder = _load_encoder(checkpoint_or_encoder, recipe, channel)
@@ -301,5 +316,6 @@ def extract_embeddings(manifest: Any, checkpoint_or_encoder: Any, out_root: str 
             labels = rows["label"].map(_LABELS).fillna(-1).astype(np.int64).to_numpy()
             domains = rows["domain"].fillna("").astype(str).to_numpy()
             atomic_savez(path, emb=emb.astype(np.float32), names=np.asarray(names, dtype=str), labels=labels,
-                         domains=domains.astype(str), checkpoint_sha256=np.array(ckpt_sha))
+                         domains=domains.astype(str), checkpoint_sha256=np.array(ckpt_sha),
+                         settings=np.array(settings))
     return result

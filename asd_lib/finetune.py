@@ -315,9 +315,23 @@ class FinetuneConfig:
     def training_fields(self) -> dict[str, Any]:
         """The fields that change the trained weights (compared on resume)."""
         d = dataclasses.asdict(self)
-        for k in ("save_every", "keep_epochs", "save_every_steps", "epoch_selection", "cache_fbank", "epochs"):
+        for k in _NOT_TRAINING:
             d.pop(k)
         return json.loads(json.dumps(d))
+
+
+# FinetuneConfig fields that do not change the weights of the epochs a run saves
+_NOT_TRAINING = ("save_every", "keep_epochs", "save_every_steps", "epoch_selection", "cache_fbank", "epochs")
+
+
+def recorded_settings(ckpt_dir: str | Path) -> dict[str, Any]:
+    """The weight-changing settings of the run in ``ckpt_dir`` (from its config.json, without the folder's own name),
+    or {} when the folder holds no run. Notebook 01 compares them with its parameters (``params.changed_settings``)."""
+    try:
+        cfg = json.loads((Path(ckpt_dir) / "config.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {k: v for k, v in cfg.items() if k not in (*_NOT_TRAINING, "backbone_id")}
 
 
 # ------------------------------------------------------------------------------------- small utils

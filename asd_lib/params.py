@@ -39,12 +39,40 @@ SYSTEMS: tuple[str, ...] = ("dev_online", "dev_offline", "devadd_online", "devad
 
 
 FORCE_ENV = "ASD_KIT_FORCE"  # set to 1 by `asd-run --force` for the notebooks it runs
+RUNNER_ENV = "ASD_KIT_RUNNER"  # set to 1 by `asd-run` for the notebooks it runs
 
 
 def forced() -> bool:
     """Whether this notebook runs under ``asd-run --force``: work it would resume (fine-tuning from ``last.pt``)
     starts from scratch instead."""
     return os.environ.get(FORCE_ENV) == "1"
+
+
+def under_runner() -> bool:
+    """Whether this notebook runs under ``asd-run`` (a system's stage) rather than by hand, e.g. in JupyterLab."""
+    return os.environ.get(RUNNER_ENV) == "1"
+
+
+def changed_settings(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{name: (recorded value, wanted value)} for every name of ``recorded`` whose value ``wanted`` changes
+    (compared as JSON, so a tuple equals a list); empty when nothing is recorded."""
+    as_json = lambda v: json.dumps(v, sort_keys=True)  # noqa: E731
+    return {k: (v, wanted[k]) for k, v in recorded.items() if k in wanted and as_json(v) != as_json(wanted[k])}
+
+
+def variant_name(name: str, changed: Mapping[str, tuple[Any, Any]]) -> str:
+    """The folder of a by-hand run whose settings differ from the system's, named by what differs:
+    ``beats~arcface_m=0.0``, ``beats@11~pooling=mean``. It sits beside the system's own folder, which the later
+    stages keep reading, so an exercise never overwrites their inputs."""
+    def text(v: Any) -> str:
+        v = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+        return v.replace("/", "-").replace("\\", "-")
+    return name + "".join(f"~{k}={text(new)}" for k, (_, new) in sorted(changed.items()))
+
+
+def describe_changes(changed: Mapping[str, tuple[Any, Any]]) -> str:
+    """``arcface_m 0.2 -> 0.0, trainable 'aau' -> 'frozen'``."""
+    return ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
 
 
 class ParamsError(ValueError):

@@ -445,6 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the stage bar follows the terminal; made before the notebooks' own bars are switched off below
     bar = progress.bar(total=n_stages, desc="asd-run", unit="stage", leave=True)
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would bloat the executed notebooks
+    os.environ[P.RUNNER_ENV] = "1"  # the notebooks see it: a changed setting retrains in place (no exercise folder)
     if args.force:  # the notebooks see it: fine-tuning starts over instead of resuming
         os.environ[P.FORCE_ENV] = "1"
     runner = Runner(force=args.force, dry_run=args.dry_run, log_output=args.log_output, kernel=args.kernel,

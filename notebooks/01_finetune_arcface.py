@@ -153,7 +153,9 @@ plots.save_fig("augmentation_noise");
 #
 # One run per backbone, up to the largest epoch the ensemble uses, keeping the epochs it names (the paper's DEV systems
 # use BEATs epochs 107 and 204 of one run). Features are cached once per regime (`results/<regime>/fbank/`). An
-# interrupted run resumes from `last.pt`; a run with other settings, or under `asd-run --force`, starts over. AdamW with two learning rates
+# interrupted run resumes from `last.pt`. Run by hand (JupyterLab) with settings other than those of the run
+# already there, it trains into its own folder named by what differs (`beats~arcface_m=0.0`), and 02-04 keep reading
+# the system's run; under `asd-run` a changed setting retrains in place, and `asd-run --force` starts over. AdamW with two learning rates
 # (backbone, head), linear warm-up then cosine decay, gradient clipping: docs/reference.md §5.
 #
 # **Two microphones, one at a time.** Each training clip gives two samples, one per channel, each with its own class
@@ -165,26 +167,35 @@ plots.save_fig("augmentation_noise");
 # %%
 # the runs of this system, from the parameters above: the same mapping as `asd-finetune --system`
 runs = finetune.system_runs(P.namespace_values(globals(), "01_finetune_arcface"))
-def train(backbone, resume=True):
-    return finetune.finetune(man, out_dir=L.regime_dir, resume=resume, **runs[backbone])
-
+for backbone, run in runs.items():
+    home = L.checkpoints / backbone
+    changed = P.changed_settings(finetune.recorded_settings(home), run)
+    if changed and not P.under_runner():  # an exercise: its own folder; 02-04 keep reading `home`
+        run["backbone_id"] = P.variant_name(backbone, changed)
+        print(f"{backbone}: {P.describe_changes(changed)} from the run in {home}, which stays as it is;"
+              f" this run goes to {L.checkpoints / run['backbone_id']}")
+    elif changed:
+        print(f"{backbone}: the system's settings changed ({P.describe_changes(changed)}): training again")
+    run["resume"] = not (P.forced() or (changed and P.under_runner()))  # asd-run --force: start over
 
 # %%
-for backbone in runs:
+folders = {}
+for backbone, run in runs.items():
     try:
-        folder = train(backbone, resume=not P.forced())  # asd-run --force: start over
-    except ValueError as exc:  # a previous run in this folder used other settings: start over
-        print(f"{backbone}: {exc}\n-> training from scratch")
-        folder = train(backbone, resume=False)
-    print(backbone, "->", sorted(p.name for p in folder.glob("epoch_*.pt") if ".head" not in p.name))
+        folders[backbone] = finetune.finetune(man, out_dir=L.regime_dir, **run)
+    except ValueError as exc:  # the run there learned other classes (the data changed): it cannot be continued
+        print(f"{backbone}: {exc}\n-> the data changed since that run: training again from the start")
+        folders[backbone] = finetune.finetune(man, out_dir=L.regime_dir, **{**run, "resume": False})
+    print(backbone, "->", folders[backbone], sorted(p.name for p in folders[backbone].glob("epoch_*.pt")
+                                                    if ".head" not in p.name))
 
 # %% [markdown]
 # ## 4. Training curves
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(9, 3))
-for backbone in plan:
-    log = pd.read_csv(L.checkpoints / backbone / "log.csv")
+for backbone, folder in folders.items():
+    log = pd.read_csv(folder / "log.csv")
     axes[0].plot(log["epoch"], log["loss"], marker="o", ls="-" if len(log) > 2 else "none", label=backbone)
     axes[1].plot(log["epoch"], log["accuracy"], marker="o", ls="-" if len(log) > 2 else "none", label=backbone)
 axes[0].set_title("ArcFace loss", fontsize=9); axes[1].set_title("training accuracy", fontsize=9)
@@ -200,6 +211,8 @@ plots.save_fig("finetune_curves");
 # - `results/<regime>/checkpoints/<backbone>/epoch_XXX.pt`: the encoder in the official checkpoint format (loadable by
 #   the BEATs / EAT reference code), `epoch_XXX.head.pt` (the ArcFace head and its class names), `log.csv`,
 #   `config.json` (every setting), `last.pt` (resume state).
+# - A by-hand run with other settings (an exercise): `results/<regime>/checkpoints/<backbone>~<what differs>/`, the
+#   same files.
 # - `results/<regime>/fbank/`: cached filterbank features.
 # - `figures/arcface_margin`, `figures/finetune_curves`.
 #
@@ -211,9 +224,11 @@ plots.save_fig("finetune_curves");
 #
 # ## Exercises
 #
-# 1. Set `arcface_m = 0.0`: the head becomes a normalised softmax with temperature `s`. Predict the effect on the
-#    embeddings, then check it in `08_ablations`.
+# 1. Set `arcface_m = 0.0`: the head becomes a normalised softmax with temperature `s`. Re-run section 3 (the run
+#    goes to `beats~arcface_m=0.0`, and 02-04 keep reading the paper's run). Predict the effect on the embeddings,
+#    then check it in `08_ablations`.
 # 2. Plot the ArcFace loss of a random embedding against θ for m = 0, 0.2 and 0.5. Where does the fall-back start?
-# 3. With `trainable = "frozen"` no encoder weight changes, but the head still trains. What does the loss curve show then, and why is that still useful?
+# 3. With `trainable = "frozen"` no encoder weight changes, but the head still trains (re-run sections 3 and 4; the run
+#    goes to its own folder). What does the loss curve show then, and why is that still useful?
 # 4. The authors picked epochs 107 and 204 by their score on the test set. Why does that make their reported numbers
 #    optimistic? How would you pick epochs without test labels?

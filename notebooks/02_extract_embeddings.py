@@ -23,9 +23,11 @@ embed_batch_size = 16               # clips per forward pass when extracting
 
 # %%
 import numpy as np
+import pandas as pd
 import torch
+from sklearn.metrics import roc_auc_score
 
-from asd_lib import data, embed, params as P, plots
+from asd_lib import data, embed, params as P, plots, scorers
 from asd_lib.backbones import load_backbone
 
 ROOT = plots.setup(seed=seed, figures_dir=figures_dir)
@@ -45,7 +47,7 @@ print("models:", models, "| machines:", len(machines))
 # p → ∞ the max).
 
 # %%
-# NBVAL_CHECK_OUTPUT
+# NBVAL_IGNORE_OUTPUT
 def gem(tokens, p=3.0, eps=1e-6):
     x = torch.nn.functional.normalize(tokens, dim=-1).clamp(min=eps)
     return x.pow(p).mean(dim=1).pow(1 / p)
@@ -54,7 +56,8 @@ enc = load_backbone(L.checkpoint(models[0]), recipe=sslam_recipe if models[0].st
 wave = torch.from_numpy(data.load_clip(man["path"].iloc[0])[:1])
 with torch.no_grad():
     tokens = enc.extract_features(wave)
-print("tokens:", tuple(tokens.shape), "-> embedding:", tuple(gem(tokens).shape))
+print(f"tokens: {tokens.shape[0]} clip x {tokens.shape[1]} tokens x {tokens.shape[2]} -> embedding:",
+      tuple(gem(tokens).shape))
 assert torch.allclose(gem(tokens), embed.pool_tokens(tokens, "gem", enc.kind), atol=1e-6)
 print("from-scratch GeM equals asd_lib.embed.pool_tokens:", True)
 
@@ -66,39 +69,60 @@ print("from-scratch GeM equals asd_lib.embed.pool_tokens:", True)
 # `both` are the named alternatives that `08_ablations` compares.
 
 # %%
+folders = {}  # model -> the folder this run writes (its own, named by what differs, in an exercise)
 for model in models:
     recipe = sslam_recipe if model.startswith("sslam") else None
-    embed.extract_embeddings(man, L.checkpoint(model), L.embeddings, model, channel=channel, pooling=pooling,
-                             machines=machines, batch_size=embed_batch_size, device=device or None, recipe=recipe,
-                             force=True)
-    print(model, "->", L.embeddings / model / channel)
+    changed = P.changed_settings(embed.recorded_settings(L.embeddings, model, channel),
+                                 {"pooling": pooling, "recipe": recipe})
+    folders[model] = model
+    if changed and not P.under_runner():  # an exercise: 03-04 keep reading the system's embeddings
+        folders[model] = P.variant_name(model, changed)
+        print(f"{model}: {P.describe_changes(changed)}; the embeddings 03-04 read stay as they are")
+    embed.extract_embeddings(man, L.checkpoint(model), L.embeddings, folders[model], channel=channel,
+                             pooling=pooling, machines=machines, batch_size=embed_batch_size,
+                             device=device or None, recipe=recipe, force=True)
+    print(model, "->", L.embeddings / folders[model] / channel)
 
 # %%
-# NBVAL_CHECK_OUTPUT
-z = embed.load_embeddings(L.embeddings, models[0], channel, "fan", "test")
+# NBVAL_IGNORE_OUTPUT
+z = embed.load_embeddings(L.embeddings, folders[models[0]], channel, "fan", "test")
 print({k: v.shape for k, v in z.items()}, "| emb dtype:", z["emb"].dtype)
 print("labels:", {int(k): int(n) for k, n in zip(*np.unique(z["labels"], return_counts=True))},
       "| domains:", sorted(str(d) for d in set(z["domains"])))
+assert len({len(v) for v in z.values()}) == 1 and z["emb"].dtype == np.float32
 
 # %% [markdown]
-# ## 3. A first look: do the machines separate?
+# ## 3. A first look: do the machines separate, and do anomalies stand out?
 #
 # Training embeddings of every machine, projected to 2-D (PCA), one colour per machine. `06_paper_figures` draws the
-# same per class and domain.
+# same per class and domain. Then a first anomaly check: the cosine distance of each test clip to its
+# nearest training clip, as an AUC per machine (03a does this properly).
 
 # %%
 embs, owner, domains = [], [], []
 for m in machines:
-    z = embed.load_embeddings(L.embeddings, models[-1], channel, m, "train")
+    z = embed.load_embeddings(L.embeddings, folders[models[-1]], channel, m, "train")
     embs.append(z["emb"]); owner += [m] * len(z["emb"]); domains += list(z["domains"])
 fig = plots.embedding_map(np.concatenate(embs), owner, domains, title=f"{models[-1]} {channel}: train clips by machine")
 plots.save_fig("embeddings_by_machine");
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+auc = {}
+for m in machines:
+    tr, te = (embed.load_embeddings(L.embeddings, folders[models[0]], channel, m, s) for s in ("train", "test"))
+    if len(set(te["labels"]) - {-1}) == 2:  # machines with ground truth
+        knn1 = scorers.KNNScorer(n_neighbors=1).fit(tr["emb"])
+        auc[m] = roc_auc_score(te["labels"], knn1.decision_function(te["emb"]))
+print(f"{folders[models[0]]} {channel}, 1-NN AUC per machine (0.5 = chance):")
+print(pd.Series(auc).round(3).to_string())
 
 # %% [markdown]
 # ## Artifacts written
 #
 # - `results/<regime>/embeddings/<model>/<channel>/<machine>_{train,test}.npz` with keys `emb` (N, D) float32, `names`,
 #   `labels` (0 normal, 1 anomaly, -1 unknown), `domains`.
+# - A by-hand run with another pooling or recipe (an exercise): `results/<regime>/embeddings/<model>~<what differs>/`.
 # - `figures/embeddings_by_machine`.
 #
 # ## Summary
@@ -108,6 +132,7 @@ plots.save_fig("embeddings_by_machine");
 #
 # ## Exercises
 #
-# 1. Replace GeM by the mean (`pooling = "mean"`) and compare the KNN AUCs of `03a_score_knn`.
+# 1. Replace GeM by the mean (`pooling = "mean"`) and re-run sections 2 and 3: the embeddings go to their own folder
+#    (`<model>~pooling=mean`), and 03-04 keep reading the GeM ones. Compare the 1-NN AUCs with those of the GeM run.
 # 2. Why normalise tokens before pooling? Scale one token by 100 and see what GeM does with and without normalising.
 # 3. Extract `channel = "both"` (the mean of the two channels' embeddings). Is it closer to ch0 or ch1 in cosine?

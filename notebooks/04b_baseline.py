@@ -33,12 +33,13 @@ out_dir = Path(results_dir) / "baseline"
 # vector per frame position. Channel 0 only: the baseline ignores the far microphone.
 
 # %%
-# NBVAL_CHECK_OUTPUT
+# NBVAL_IGNORE_OUTPUT
 wave = data.load_clip(man["path"].iloc[0])[0]
 lm = baseline.log_mel(wave)                       # (128, frames)
 mine = np.stack([lm[:, t:t + 5].T.reshape(-1) for t in range(lm.shape[1] - 4)])
 print("log-mel", lm.shape, "-> vectors", mine.shape)
-print("from-scratch stacking equals asd_lib.baseline.wave_to_vectors:", np.allclose(mine, baseline.wave_to_vectors(wave)))
+assert np.allclose(mine, baseline.wave_to_vectors(wave))
+print("from-scratch stacking equals asd_lib.baseline.wave_to_vectors:", True)
 
 # %% [markdown]
 # ## 2. Train and score every development machine

@@ -106,13 +106,14 @@ print(pd.DataFrame(rows).to_string(index=False))
 # the CLS token for training.
 
 # %%
-# NBVAL_CHECK_OUTPUT
+# NBVAL_IGNORE_OUTPUT
 root = P.ensure_data(data_root, synth_preset, synth_seed)
 path = data.scan(root).sort_values("file_name")["path"].iloc[0]
 wave = torch.from_numpy(data.load_clip(path)[:1])
 for recipe in ("aau", "eat"):
     fb = load_backbone(sslam_checkpoint, recipe=recipe).preprocess(wave)
     print(f"recipe {recipe}: fbank {tuple(fb.shape)}, mean {fb.mean():.3f}, std {fb.std():.3f}")
+    assert recipe == "aau" or fb.shape[1] == 1024  # EAT pads (or cuts) every input to 1,024 frames
 
 # %% [markdown]
 # ## 4. LDN: the authors' GWRP against the reference

@@ -1,0 +1,41 @@
+"""A notebook run by hand with settings other than the system's (an exercise) writes beside the system's artifacts,
+in a folder named by what differs, and leaves the later notebooks' inputs alone (notebooks 01 and 02)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from asd_lib import finetune, params as P
+
+
+def test_changed_settings_compare_values_as_json_and_only_recorded_names():
+    recorded = {"arcface_m": 0.2, "train_channels": [0, 1], "trainable": "aau"}
+    wanted = {"arcface_m": 0.2, "train_channels": (0, 1), "trainable": "frozen", "device": "cpu"}
+    assert P.changed_settings(recorded, wanted) == {"trainable": ("aau", "frozen")}
+    assert P.changed_settings({}, wanted) == {}  # nothing recorded: nothing to protect
+
+
+def test_variant_names_say_what_differs_and_stay_one_folder():
+    changed = {"trainable": ("aau", "frozen"), "arcface_m": (0.2, 0.0)}
+    assert P.variant_name("beats", changed) == "beats~arcface_m=0.0~trainable=frozen"
+    assert P.variant_name("sslam@1", {"backbone": ("a.pt", "ckpt/b.pt")}) == "sslam@1~backbone=ckpt-b.pt"
+    assert P.variant_name("beats", {"train_channels": ([0, 1], [0])}) == "beats~train_channels=0"
+    assert P.describe_changes(changed) == "arcface_m 0.2 -> 0.0, trainable 'aau' -> 'frozen'"
+
+
+def test_recorded_settings_of_a_finetuning_run(tmp_path: Path):
+    assert finetune.recorded_settings(tmp_path) == {}
+    cfg = finetune.FinetuneConfig(backbone="beats-tiny", backbone_id="beats", arcface_m=0.0, epochs=3)
+    (tmp_path / "config.json").write_text(json.dumps({"config": json.loads(json.dumps(cfg.__dict__))}))
+    got = finetune.recorded_settings(tmp_path)
+    assert got["arcface_m"] == 0.0 and got["backbone"] == "beats-tiny"
+    assert "backbone_id" not in got and "epochs" not in got  # the folder's name; more epochs extend a run
+    run = finetune.system_runs(P.load("dev_offline", [P.PARAMS_DIR / "smoke.yaml"]).values)["beats"]
+    assert "arcface_m" in P.changed_settings(got, run)
+
+
+def test_the_runner_tells_the_notebooks_it_runs_them(monkeypatch):
+    monkeypatch.delenv(P.RUNNER_ENV, raising=False)
+    assert not P.under_runner()
+    monkeypatch.setenv(P.RUNNER_ENV, "1")
+    assert P.under_runner()
