@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from asd_lib import nbclean, params as P  # noqa: E402
-from asd_lib.run import INJECTED, NOTEBOOKS, PRIMARY_SYSTEM, _cells, _stage_dir  # noqa: E402
+from asd_lib.run import INJECTED, NOTEBOOKS, PRIMARY_SYSTEM, _cells, _rel, _stage_dir  # noqa: E402
 
 SKIP = "nbval-skip"
 
@@ -48,17 +48,17 @@ def committed_form(name: str, scope: str, params: P.Params, label: str) -> dict:
         raise SystemExit(f"{name}: " + "; ".join(changes + errors) + "\n  sync the pair first (make clean-notebooks), "
                          "then make demo again")
     if not run.is_file():
-        raise SystemExit(f"{name}: no executed copy at {run.relative_to(ROOT)}; run `make demo` first")
+        raise SystemExit(f"{name}: no executed copy at {_rel(run)}; run `make demo` first")
     if _cells(run) != _cells(src):
-        raise SystemExit(f"{name}: {run.relative_to(ROOT)} ran from another version of the notebook; run "
+        raise SystemExit(f"{name}: {_rel(run)} ran from another version of the notebook; run "
                          f"`make demo` again (it reruns the changed stages)")
     nb = json.loads(run.read_text())
     injected = [c for c in nb["cells"] if INJECTED in c["metadata"].get("tags", [])]
     want = P.inject(params, P.notebook_parameters(src))
     if len(injected) != 1 or P.parse_parameters_source("".join(injected[0]["source"]), str(run)) != want:
-        raise SystemExit(f"{name}: {run.relative_to(ROOT)} ran with other parameters than {label}")
+        raise SystemExit(f"{name}: {_rel(run)} ran with other parameters than {label}")
     if any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", [])):
-        raise SystemExit(f"{name}: {run.relative_to(ROOT)} holds an error output")
+        raise SystemExit(f"{name}: {_rel(run)} holds an error output")
     injected[0]["metadata"]["tags"] = [INJECTED, SKIP]
     return nbclean.clean(nb)
 
@@ -74,7 +74,7 @@ def main() -> int:
     ready = {name: committed_form(name, scope, params, label) for name, scope in chosen}  # check all before writing any
     for name, nb in ready.items():
         nbclean.write_pair(ROOT / "notebooks" / f"{name}.ipynb", nb)  # the notebook and its .py twin
-        print(f"{name}: committed the outputs of {executed_copy(name, dict(NOTEBOOKS)[name], params).relative_to(ROOT)}")
+        print(f"{name}: committed the outputs of {_rel(executed_copy(name, dict(NOTEBOOKS)[name], params))}")
     return 0
 
 
