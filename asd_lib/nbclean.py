@@ -4,16 +4,18 @@ Cleaning drops what a run leaves behind that is not content: notebook-level meta
 the language name (papermill's parameters and timings, widget state, the Python version, the ``jupytext`` entry
 JupyterLab adds on save), cell metadata other than ``tags`` (timings, ``collapsed``/``scrolled`` flags, papermill's
 per-cell status) and blank lines at the end of a cell. It keeps sources, outputs and execution counts, so the
-committed notebooks still show the smoke run (docs/conventions.md, "Notebooks").
+committed notebooks still show the demo run (docs/conventions.md, "Notebooks").
 
 Pairs: where a jupytext configuration pairs the notebooks (``notebooks/jupytext.toml``: ``formats =
 "ipynb,py:percent"``, read by JupyterLab too), each ``NN_name.ipynb`` has a twin ``NN_name.py`` that holds its cells
 without outputs, exactly as jupytext writes it from the cleaned notebook. The pairing lives in that file, not in the
 notebooks' metadata, so cleaning a notebook keeps it paired. Without ``--check`` each notebook is cleaned and its pair
 synced: the file of the pair saved last supplies the cells (JupyterLab saves both; a ``.py`` edited in an editor is
-newer, and its cells go into the notebook, where the cells it changed lose their outputs until ``make notebooks``
-re-executes them), the ``.ipynb`` keeps the outputs, and the twin is rewritten from the result. A twin without its
-notebook is an error, unless it is named on the command line: then its notebook is created from it.
+newer, and its cells go into the notebook, where the cells it changed lose their outputs until ``make demo`` and
+``make notebooks`` refresh them), the ``.ipynb`` keeps the outputs, and the twin is rewritten from the result. After
+a git merge or checkout the files' times say little about which side was edited: read the lines this prints (which
+file took whose cells) before committing. A twin without its notebook is an error, unless it is named on the
+command line: then its notebook is created from it.
 
 ``--check`` changes nothing and exits 1 when some file would change (a notebook to clean, a twin missing, out of
 sync or without its notebook); CI runs it on ``notebooks/`` (``make test``).
@@ -190,7 +192,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def write_pair(path: Path, nb: dict[str, Any]) -> None:
-    """Write a notebook cleaned, then its twins from it (tools/execute_notebooks.py, after a run)."""
+    """Write a notebook cleaned, then its twins from it (tools/commit_notebooks.py)."""
     cleaned = clean(nb)
     _write(path, dumps(cleaned))
     for t in twins(path):
@@ -219,7 +221,7 @@ def sync(path: Path, write: bool = True) -> tuple[list[str], list[str]]:
         if took:
             changes.append(f"{'updated' if write else 'out of sync'}: {path} "
                            f"({'took' if write else 'would take'} the cells of {source.path}, saved after it; "
-                           f"re-execute it: make notebooks)")
+                           f"refresh its outputs: make demo, make notebooks)")
     for t in pairs:
         problem = round_trip_problem(cleaned, t)
         if problem:
@@ -319,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
             changes.append(f"no notebook: {f} (a twin without {nb})")
         elif f in named:
             create_from_twin(f, nb)
-            changes.append(f"created: {nb} (from {f}; execute it: python tools/execute_notebooks.py --only "
-                           f"{nb.stem.split('_')[0]})")
+            changes.append(f"created: {nb} (from {f}; list it in asd_lib.run.NOTEBOOKS, then make demo and "
+                           "make notebooks)")
         else:
             errors.append(f"{f} has no notebook {nb}: git rm it if the notebook was renamed or removed, or create "
                           f"the notebook from it: python -m asd_lib.nbclean {f}")
