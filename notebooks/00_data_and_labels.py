@@ -145,6 +145,26 @@ axes[-1, 0].set_xlabel("s"); axes[1, 0].set_ylabel("kHz")
 plots.save_fig("data_spectrograms");
 
 # %% [markdown]
+# At this scale the panels look alike. Averaged over time, each panel becomes one spectrum, and the differences show
+# band by band: how much the far microphone's air path and room change the machine's spectrum, how much louder or
+# differently coloured the target hall is, and what a fault adds or removes. These are single clips, and clips of one
+# condition spread too: section 7 averages many.
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(9, 3), sharey=True, layout="constrained")
+freq = specs[(0, 0)][0]
+for ch, style in ((0, "-"), (1, "--")):
+    axes[0].plot(freq, specs[(0, ch)][2].mean(axis=1), style, lw=1, label="near (ch0)" if ch == 0 else "far (ch1)")
+for i, (dom, lab) in enumerate(cases):
+    axes[1].plot(freq, specs[(i, 0)][2].mean(axis=1), lw=1, label=f"{dom} {lab}")
+axes[0].set_title("fan, source normal: near vs far", fontsize=9)
+axes[1].set_title("fan, near mic: source vs target, normal vs anomaly", fontsize=9)
+for ax in axes:
+    ax.set_xlabel("kHz"); ax.legend(fontsize=7)
+axes[0].set_ylabel("mean level (dB)")
+plots.save_fig("data_spectra_compared");
+
+# %% [markdown]
 # ## 7. The faults, and how far the far microphone hears them
 #
 # The synthetic benchmark records which fault and severity each anomalous clip has (`clip_info.csv`; the real data does
@@ -176,7 +196,8 @@ if info is not None:
 # ## Artifacts written
 #
 # - `results/<regime>/manifest.csv`: the clips this regime uses (paths relative to `data_root`).
-# - `figures/data_spectrograms.{png,pdf}`, `figures/data_fault_spectra.{png,pdf}` (smoke runs: under
+# - `figures/data_spectrograms.{png,pdf}`, `figures/data_spectra_compared.{png,pdf}`,
+#   `figures/data_fault_spectra.{png,pdf}` (smoke runs: under
 #   `results/smoke/figures/`).
 # - With `synth_preset` set, the synthetic benchmark itself in `data_root` (reused when it exists).
 #
