@@ -1,0 +1,119 @@
+"""Is the gap between the demo's system and the log-mel detector in the features or in the scorer?
+
+Two kinds of clip vectors on the dev machines (channel 0): log-mel mean + std over time (the 128 bins of the BEATs
+filterbank; no learning) and the demo's learned embeddings (``results/<regime>/embeddings/<model>/ch0``, written by
+``make demo``). Each is scored by the same nearest-neighbour family with its parts swapped one at a time:
+the paper's KNN (the authors' quantile preprocessing, cosine, k = 6), the difficulty check of
+``benchmarks/bench_synth.py`` (standardised, Euclidean, k = 1), and the combinations between. It prints, per vector
+kind and scorer, the official score with the mean source AUC, target AUC and pAUC over the machines.
+
+    python benchmarks/probe_scorers.py --data results/synth/small_seed0 --embeddings results/dev/embeddings \
+        --models beats@20 sslam@10
+
+Measured after ``make demo`` (small seed 0): with the paper's scorer, log-mel statistics score 0.484 and the
+learned embeddings 0.489 (beats@20) and 0.490 (sslam@10); with the difficulty check's scorer 0.585, 0.514 and 0.502.
+The learned embeddings' source AUCs there (0.73 and 0.78) match log-mel's (0.78); their target AUCs (0.40 and 0.38)
+do not (0.50). See the README ("The demo does not yet tell the paper's story").
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from asd_lib import embed, scorers  # noqa: E402
+from asd_lib.data import DEV_MACHINES, load_clip, scan  # noqa: E402
+from asd_lib.metrics import official_score  # noqa: E402
+
+
+def knn(prep: str, metric: str, k: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """A scorer: fit the preprocessing and the bank on the training vectors, score the test vectors."""
+    from sklearn.preprocessing import StandardScaler
+
+    def score(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        if prep != "none":
+            pre = scorers.AAUPreprocess() if prep == "aau" else StandardScaler()
+            pre.fit(train)
+            train, test = pre.transform(train), pre.transform(test)
+        return scorers.KNNScorer(n_neighbors=k, metric=metric).fit(train).decision_function(test)
+    return score
+
+
+SCORERS = {
+    "quantile (AAU), cosine, k 6 (the paper's KNN)": knn("aau", "cosine", 6),
+    "standardised, Euclidean, k 1 (bench_synth)": knn("standard", "euclidean", 1),
+    "standardised, Euclidean, k 6": knn("standard", "euclidean", 6),
+    "standardised, cosine, k 6": knn("standard", "cosine", 6),
+    "quantile (AAU), Euclidean, k 6": knn("aau", "euclidean", 6),
+    "none, cosine, k 6": knn("none", "cosine", 6),
+}
+
+
+def logmel_vectors(data_root: str) -> Callable[[str], tuple]:
+    """Per machine: (train, test, labels, domains) of log-mel mean + std (BEATs filterbank, channel 0)."""
+    import torch
+
+    from asd_lib.backbones.fbank import beats_fbank
+
+    man = scan(data_root)
+
+    def stats(path: str) -> np.ndarray:
+        fb = beats_fbank(torch.from_numpy(load_clip(path, channels=(0,))))[0]
+        return torch.cat([fb.mean(0), fb.std(0)]).numpy().astype(np.float64)
+
+    def get(machine: str) -> tuple:
+        rows = man[man["machine"] == machine].sort_values("file_name")
+        tr, te = rows[rows["split"] == "train"], rows[rows["split"] == "test"]
+        return (np.stack([stats(p) for p in tr["path"]]), np.stack([stats(p) for p in te["path"]]),
+                (te["label"] == "anomaly").to_numpy().astype(int), te["domain"].to_numpy())
+    return get
+
+
+def embedding_vectors(root: str, model: str) -> Callable[[str], tuple]:
+    """Per machine: (train, test, labels, domains) of a model's cached channel-0 embeddings."""
+    def get(machine: str) -> tuple:
+        tr, te = (embed.load_embeddings(root, model, "ch0", machine, s) for s in ("train", "test"))
+        return tr["emb"].astype(np.float64), te["emb"].astype(np.float64), te["labels"], te["domains"]
+    return get
+
+
+def report(name: str, get: Callable[[str], tuple]) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    res = {s: ([], [], []) for s in SCORERS}
+    for machine in DEV_MACHINES:
+        train, test, y, dom = get(machine)
+        src, tgt = (dom == "source") | (y == 1), (dom == "target") | (y == 1)
+        for s, score in SCORERS.items():
+            z = score(train, test)
+            res[s][0].append(roc_auc_score(y[src], z[src]))
+            res[s][1].append(roc_auc_score(y[tgt], z[tgt]))
+            res[s][2].append(roc_auc_score(y, z, max_fpr=0.1))
+    for s, (a, b, c) in res.items():
+        print(f"{name:12s} {s:48s} official {official_score(a, b, c):.3f}   source {np.mean(a):.3f}   "
+              f"target {np.mean(b):.3f}   pAUC {np.mean(c):.3f}", flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="results/synth/small_seed0")
+    ap.add_argument("--embeddings", default="results/dev/embeddings")
+    ap.add_argument("--models", nargs="*", default=["beats@20", "sslam@10"])
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    report("log-mel", logmel_vectors(args.data))
+    for model in args.models:
+        report(model, embedding_vectors(args.embeddings, model))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
