@@ -1,10 +1,12 @@
 """Embedding extraction: pooled encoder tokens per clip, cached per model, channel and machine.
 
-Introduced in notebook ``02_extract_embeddings`` (docs/reference.md §5, DESIGN layout). Writes
+Introduced in notebook ``02_extract_embeddings`` (docs/reference.md §5). Writes
 
     <out_root>/<model_id>/<channel>/<machine>_{train,test}.npz   keys emb (N, D) float32, names, labels, domains
 
 where ``out_root`` is ``results/<regime>/embeddings`` and ``model_id`` is ``<backbone>@<epoch>`` (e.g. ``beats@3``).
+The files themselves (their path, writing, reading with checks, the machines present) belong to
+``asd_lib.artifacts``; ``load_embeddings`` and ``embedding_path`` stay importable from here.
 
 Pooling over the tokens (B, N, D) of one channel:
 - ``mean``: mean over all tokens (for EAT/SSLAM this includes the CLS token, as the authors' code does);
@@ -24,13 +26,14 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from asd_lib.fsutil import atomic_savez, file_sha256
+from asd_lib.artifacts import (embedded_machines, embedding_path, embedding_source, embeddings_current,  # noqa: F401
+                               load_embeddings, recorded_settings, save_embeddings)
+from asd_lib.fsutil import file_sha256
 from asd_lib.progress import bar
 
 __all__ = ["POOLINGS", "CHANNELS", "pool_tokens", "gem_pool", "embed_paths", "extract_embeddings",
@@ -191,71 +194,6 @@ def embed_paths(encoder: Any, paths: Sequence[str], channel: str = "ch0", poolin
     return out
 
 
-def embedding_path(out_root: str | Path, model_id: str, channel: str, machine: str, split: str) -> Path:
-    """Where ``extract_embeddings`` writes one machine's split: out_root/model_id/channel/machine_split.npz."""
-    return Path(out_root) / model_id / channel / f"{machine}_{split}.npz"
-
-
-def load_embeddings(out_root: str | Path, model_id: str, channel: str, machine: str, split: str) -> dict:
-    """Read one cached file: dict with emb (N, D) float32, names, labels (0/1/-1), domains ('' unknown).
-
-    A missing file is a FileNotFoundError, a damaged or foreign one a ValueError; both name the file."""
-    path = embedding_path(out_root, model_id, channel, machine, split)
-    if not path.exists():
-        raise FileNotFoundError(f"no embeddings at {path}; run asd_lib.embed.extract_embeddings first")
-    keys = ("emb", "names", "labels", "domains")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = set(keys) - set(z.files)
-            out = {k: z[k] for k in keys if k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path}: not a readable embedding file ({err}); run the embedding stage again") from None
-    if missing:
-        raise ValueError(f"{path}: missing keys {sorted(missing)} (expected {', '.join(keys)}); run the embedding "
-                         "stage again")
-    if out["emb"].ndim != 2 or len(out["emb"]) != len(out["names"]):
-        raise ValueError(f"{path}: emb {out['emb'].shape} and names {out['names'].shape} disagree")
-    return out
-
-
-def embedded_machines(out_root: str | Path, model_id: str, channel: str) -> list[str]:
-    """The machines that have training embeddings of ``model_id`` / ``channel`` under ``out_root``."""
-    folder = embedding_path(out_root, model_id, channel, "x", "train").parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no embedding folder {folder}; run the embedding stage first")
-    return sorted(p.name[: -len("_train.npz")] for p in folder.glob("*_train.npz"))
-
-
-def embedding_source(out_root: str | Path, model_id: str, channel: str, machine: str, split: str) -> str:
-    """sha256 of the checkpoint file a cached embedding file was made from ('' for a module or a backbone name)."""
-    with np.load(embedding_path(out_root, model_id, channel, machine, split), allow_pickle=False) as z:
-        return str(z["checkpoint_sha256"]) if "checkpoint_sha256" in z.files else ""
-
-
-def recorded_settings(out_root: str | Path, model_id: str, channel: str) -> dict[str, Any]:
-    """The extraction settings (pooling, recipe) recorded in a cached embedding folder, {} when there is none.
-    Notebook 02 compares them with its parameters (``params.changed_settings``)."""
-    for path in sorted((Path(out_root) / model_id / channel).glob("*_train.npz"))[:1]:
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return json.loads(str(z["settings"])) if "settings" in z.files else {}
-        except (OSError, ValueError):
-            return {}
-    return {}
-
-
-def _cache_ok(path: Path, names: list[str], checkpoint_sha256: str, settings: str) -> bool:
-    if not path.exists():
-        return False
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            made_by = str(z["checkpoint_sha256"]) if "checkpoint_sha256" in z.files else ""
-            return (list(z["names"]) == names and z["emb"].shape[0] == len(names) and "domains" in z
-                    and made_by == checkpoint_sha256 and "settings" in z.files and str(z["settings"]) == settings)
-    except Exception:  # a corrupt or foreign file is recomputed, never trusted
-        return False
-
-
 def extract_embeddings(manifest: Any, checkpoint_or_encoder: Any, out_root: str | Path, model_id: str,
                        channel: str = "ch0", pooling: str = "gem", duration: float | None = None,
                        machines: Sequence[str] | None = None, force: bool = False, batch_size: int = 16,
@@ -307,7 +245,7 @@ def extract_embeddings(manifest: Any, checkpoint_or_encoder: Any, out_root: str 
             path = embedding_path(out_root, model_id, channel, machine, split)
             names = rows["file_name"].tolist()
             result[machine][split] = path
-            if not force and _cache_ok(path, names, ckpt_sha, settings):
+            if not force and embeddings_current(path, names, ckpt_sha, settings):
                 continue
             if encoder is None:
                 encoder = _load_encoder(checkpoint_or_encoder, recipe, channel)
@@ -315,7 +253,5 @@ def extract_embeddings(manifest: Any, checkpoint_or_encoder: Any, out_root: str 
                               progress, desc=f"{model_id} {channel} {machine} {split}")
             labels = rows["label"].map(_LABELS).fillna(-1).astype(np.int64).to_numpy()
             domains = rows["domain"].fillna("").astype(str).to_numpy()
-            atomic_savez(path, emb=emb.astype(np.float32), names=np.asarray(names, dtype=str), labels=labels,
-                         domains=domains.astype(str), checkpoint_sha256=np.array(ckpt_sha),
-                         settings=np.array(settings))
+            save_embeddings(path, emb, names, labels, domains, checkpoint_sha256=ckpt_sha, settings=settings)
     return result

@@ -62,6 +62,7 @@ import torch.nn.functional as F
 
 from asd_lib import logs
 from asd_lib import params as P
+from asd_lib.artifacts import LEAKY_SELECTION, checkpoint_dir, checkpoint_epochs, checkpoint_file, head_file, layout
 from asd_lib.embed import POOLINGS, pool_tokens
 from asd_lib.fsutil import atomic_torch_save, atomic_write_text, file_sha256, folder_lock
 from asd_lib.progress import bar as progress_bar
@@ -700,7 +701,7 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
         from asd_lib.backbones.joint import JointChannelEncoder
 
         joint = JointChannelEncoder(encoder, seed=seed)
-    ckpt_dir = Path(out_dir) / "checkpoints" / cfg.backbone_id
+    ckpt_dir = checkpoint_dir(out_dir, cfg.backbone_id)
     lock = folder_lock(ckpt_dir, "fine-tuning run") if rank == 0 else _nullcontext()
     with lock:  # one run per output folder: a second one refuses instead of mixing checkpoints
         recipe_name = _recipe_name(encoder, recipe)
@@ -726,8 +727,8 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
             """Official-format encoder checkpoint + head sidecar of ``epoch`` (rank 0 writes)."""
             if rank != 0:
                 return
-            final = ckpt_dir / f"epoch_{epoch:03d}.pt"
-            tmp = ckpt_dir / f"._tmp_epoch_{epoch:03d}.{os.getpid()}.pt"  # unique: two runs never share a temp file
+            final = checkpoint_file(ckpt_dir, epoch)
+            tmp = final.with_name(f"._tmp_{final.stem}.{os.getpid()}.pt")  # unique: two runs never share a temp file
             enc_cfg = getattr(model.encoder, "cfg", None)
             in_effect = {k: enc_cfg[k] for k in cfg_original} if enc_cfg is not None else {}
             if enc_cfg is not None:
@@ -741,8 +742,8 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
             atomic_torch_save({"kind": head, "dim": int(encoder.embed_dim), "classes": classes,
                                 "kwargs": head_kwargs, "state": model.head.state_dict(),
                                 **(joint.head_entries() if joint is not None else {})},
-                               ckpt_dir / f"epoch_{epoch:03d}.head.pt")
-            _record_hashes(ckpt_dir, [final, ckpt_dir / f"epoch_{epoch:03d}.head.pt"])
+                               head_file(ckpt_dir, epoch))
+            _record_hashes(ckpt_dir, [final, head_file(ckpt_dir, epoch)])
 
         # ---- frozen without epochs: the pre-trained encoder is the checkpoint
         if epochs == 0:
@@ -989,7 +990,7 @@ def _check_kept(ckpt_dir: Path, epochs: Sequence[int], last: Path) -> None:
     """Every checkpoint a run was asked to keep exists and has the hash it was written with, or a clear error."""
     known = json.loads((ckpt_dir / HASHES).read_text()) if (ckpt_dir / HASHES).is_file() else {}
     for e in sorted(set(epochs)):
-        for f in (ckpt_dir / f"epoch_{e:03d}.pt", ckpt_dir / f"epoch_{e:03d}.head.pt"):
+        for f in (checkpoint_file(ckpt_dir, e), head_file(ckpt_dir, e)):
             if not f.is_file():
                 raise ValueError(f"{f.name} is missing, and {last.name} has already trained past epoch {e}: it can "
                                  f"only come back from a new run. Retrain with resume=False (asd-finetune "
@@ -1046,14 +1047,14 @@ def _prune_checkpoints(ckpt_dir: Path, keep: Sequence[int], latest: int, leaky: 
     if scored:
         ranked = sorted(scored, key=lambda e: (-scored[e], e))[:max(1, len(set(keep)))]
         keep_set |= set(ranked)
-        atomic_write_text(ckpt_dir / "selected_on_test_LEAKY.json",
+        atomic_write_text(ckpt_dir / LEAKY_SELECTION,
                           json.dumps({"epoch": ranked[0], "epochs": ranked, "score": scored[ranked[0]],
                                       "scores": scored,
                                       "warning": "chosen with test labels (the authors' selection): a leak"}))
-    for p in ckpt_dir.glob("epoch_*.pt"):
-        mt = re.fullmatch(r"epoch_(\d+)(\.head)?\.pt", p.name)
-        if mt and int(mt.group(1)) not in keep_set:
-            p.unlink()
+    for epoch, files in checkpoint_epochs(ckpt_dir, heads=True).items():
+        if epoch not in keep_set:
+            for p in files:
+                p.unlink()
     _record_hashes(ckpt_dir, [])  # forget the pruned files
 
 
@@ -1130,12 +1131,12 @@ def _train_system(vals: Mapping[str, Any], resume: bool) -> Path:
     from asd_lib.data import scan
 
     runs = system_runs(vals)
-    layout = P.layout(P.ROOT / vals["results_dir"], vals["regime"])
+    lay = layout(P.ROOT / vals["results_dir"], vals["regime"])
     man = P.regime_manifest(scan(P.ensure_data(vals["data_root"], vals["synth_preset"], vals["synth_seed"])),
                             vals["regime"])
     out = Path()
     for backbone, kwargs in runs.items():
-        out = finetune(man, out_dir=layout.regime_dir, resume=resume, **kwargs)
+        out = finetune(man, out_dir=lay.regime_dir, resume=resume, **kwargs)
     return out
 
 

@@ -1,7 +1,7 @@
 """Score normalisation and fusion: offline rank fusion, online calibrated z fusion, decisions (notebook 04).
 
-Pure numpy/pandas functions plus two readers of the score cache (docs/design.md layout
-``scores/<model>/<channel>/<scorer>/<machine>.npz`` with keys test, calib, names [, calib_names]).
+Pure numpy/pandas functions plus two readers of the score cache (``scores/<model>/<channel>/<scorer>/<machine>.npz``
+with keys test, calib, names [, calib_names]), whose files ``asd_lib.artifacts`` finds and reads.
 
 Offline (paper eq. 2, the authors' rank module): per machine, per scorer, per model (backbone) the raw test
 scores become rank / n over that machine's test clips (average ranks for ties); mean over models; MIN over
@@ -30,6 +30,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
+
+from asd_lib.artifacts import load_scores, score_path, scored_machines
 
 __all__ = [
     "AAU_Z_CONSTANTS",
@@ -187,18 +189,10 @@ def streaming_zscore(scores: Any, history: Any, window: int = 200, order: Sequen
 # --------------------------------------------------------------------------------------------------------------
 # readers of the score cache
 # --------------------------------------------------------------------------------------------------------------
-def _score_file(score_root: Path, model: str, channel: str, scorer: str, machine: str) -> Path:
-    return Path(score_root) / model / channel / scorer / f"{machine}.npz"
-
-
 def list_machines(score_root: str | Path, models: Sequence[str], scorers: Sequence[str],
                   channel: str = "ch0") -> list[str]:
     """Machines that have a score file for every (model, scorer)."""
-    sets = []
-    for m in models:
-        for s in scorers:
-            folder = Path(score_root) / m / channel / s
-            sets.append({p.stem for p in folder.glob("*.npz")} if folder.is_dir() else set())
+    sets = [set(scored_machines(score_root, m, channel, s)) for m in models for s in scorers]
     common = set.intersection(*sets) if sets else set()
     if not common:
         raise FileNotFoundError(f"no machine has scores for every model {list(models)} and scorer {list(scorers)} "
@@ -214,19 +208,11 @@ def load_machine_scores(score_root: str | Path, models: Sequence[str], scorers: 
     for scorer in scorers:
         out[scorer] = {}
         for model in models:
-            path = _score_file(Path(score_root), model, channel, scorer, machine)
-            if not path.exists():
-                raise FileNotFoundError(f"missing score file {path}; run asd_lib.scorers.score_embeddings first")
-            with np.load(path, allow_pickle=False) as z:
-                missing = {"test", "calib", "names"} - set(z.files)
-                if missing:
-                    raise ValueError(f"{path}: missing keys {sorted(missing)} (expected test, calib, names)")
-                test, calib, nm = z["test"].astype(np.float64), z["calib"].astype(np.float64), z["names"].astype(str)
-                cn = z["calib_names"].astype(str) if "calib_names" in z.files else np.array(
-                    [f"#calib{i}" for i in range(len(calib))])
-                variant = str(z["variant"]) if "variant" in z.files else ""
-            if len(test) != len(nm):
-                raise ValueError(f"{path}: {len(test)} test scores but {len(nm)} names")
+            path = score_path(score_root, model, channel, scorer, machine)
+            z = load_scores(path)
+            test, calib, nm = z["test"], z["calib"], z["names"]
+            cn = z.get("calib_names", np.array([f"#calib{i}" for i in range(len(calib))]))
+            variant = z.get("variant", "")
             if names is None:
                 names = nm
             elif not np.array_equal(nm, names):

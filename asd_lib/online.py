@@ -28,7 +28,7 @@ sibling and renamed into place, so a reader never sees half a system):
 
 How the exported scores stay equal to the batch ones. The embedding of a clip is computed exactly as
 ``asd_lib.embed.embed_paths`` does (same loader, same ``pool_tokens``, same channel mean); the scorers are the very
-ones the scoring stage fitted on the TRAINING embeddings and stored next to its scores (``scorers.fitted_path``),
+ones the scoring stage fitted on the TRAINING embeddings and stored next to its scores (``artifacts.fitted_path``),
 copied byte for byte, and the export REFUSES to write a system whose stored scorers do not reproduce the cached raw
 test scores. The z constants and the per-machine thresholds come from ``asd_lib.fusion`` (``z_constants`` and
 ``fuse_online``) over the same calibration scores.
@@ -54,6 +54,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from asd_lib.artifacts import embedding_source, fitted_path, layout, load_embeddings
 from asd_lib.fsutil import file_sha256, replace_dir, temp_dir
 from asd_lib.scorer_io import load_scorer, save_scorer, scorer_files
 
@@ -733,9 +734,7 @@ def _checkpoint_info(ckpt: Path) -> tuple[str | None, list[str], bool]:
 
 def _stored_scorers(score_root: Path, models: Sequence[str], machines: Sequence[str], scorer_ids: Sequence[str],
                     channel: str) -> dict[tuple[str, str, str], Path]:
-    """(machine, model, scorer) -> the fitted scorer the scoring stage stored (``scorers.fitted_path``)."""
-    from asd_lib.scorers import fitted_path
-
+    """(machine, model, scorer) -> the fitted scorer the scoring stage stored (``artifacts.fitted_path``)."""
     out = {}
     for mc in machines:
         for m in models:
@@ -785,7 +784,7 @@ def export_system(out_dir: str | Path, params: Any, *, results_dir: str | Path |
 
     ``params``: the system's parameters (results/<system>/params.json, a Params, a dict of values, a YAML or a
     system name); ``results_dir`` overrides ``params['results_dir']``. Reads results/<regime>/checkpoints,
-    embeddings and scores; takes the scorers the scoring stage fitted and stored (``scorers.fitted_path``, copied
+    embeddings and scores; takes the scorers the scoring stage fitted and stored (``artifacts.fitted_path``, copied
     byte for byte: nothing is refitted), checks that they reproduce the cached raw test scores (``rtol``/``atol``;
     ExportError otherwise) and that the fused scores equal ``fuse_online``'s, then writes the folder atomically.
     """
@@ -801,7 +800,7 @@ def export_system(out_dir: str | Path, params: Any, *, results_dir: str | Path |
     rdir = Path(results_dir) if results_dir is not None else Path(vals.get("results_dir", "results"))
     if results_dir is None and not rdir.is_absolute() and not rdir.exists():
         rdir = P.ROOT / rdir
-    lay = P.layout(rdir, regime, vals.get("system", ""))
+    lay = layout(rdir, regime, vals.get("system", ""))
     models = lay.models(vals.get("ensemble", []), float(vals.get("epoch_scale", 1.0)),
                         vals.get("epoch_selection", "fixed"))
     if not models:
@@ -810,8 +809,6 @@ def export_system(out_dir: str | Path, params: Any, *, results_dir: str | Path |
     channel, pooling = vals.get("channel", "ch0"), vals.get("pooling", "gem")
 
     # ---- backbones and the label scheme
-    from asd_lib.embed import embedding_source, load_embeddings
-
     all_machines = list_machines(lay.scores, models, scorer_ids, channel)
     specs, sources, classes, with_ch = [], {}, None, True
     for m in models:
@@ -835,9 +832,9 @@ def export_system(out_dir: str | Path, params: Any, *, results_dir: str | Path |
         made_from = {embedding_source(lay.embeddings, m, channel, mc, split)
                      for mc in all_machines for split in ("train", "test")}
         if made_from != {file_sha256(ckpt)}:
-            raise ExportError(f"the cached embeddings of {m} under {lay.embeddings / m} were not made from {ckpt} "
-                              "as it is now (its sha256 differs from the one they recorded): rerun the embedding "
-                              "and scoring stages (notebooks 02 and 03*) before exporting")
+            raise ExportError(f"the cached {channel} embeddings of {m} under {lay.embeddings} were not made from "
+                              f"{ckpt} as it is now (its sha256 differs from the one they recorded): rerun the "
+                              "embedding and scoring stages (notebooks 02 and 03*) before exporting")
         enc = load_backbone(ckpt, recipe=recipe)
         specs.append(ModelSpec(id=m, kind=enc.kind, recipe=enc.recipe, file=f"backbones/{m}.pt",
                                embed_dim=int(enc.embed_dim), source=str(ckpt)))
@@ -872,7 +869,7 @@ def export_system(out_dir: str | Path, params: Any, *, results_dir: str | Path |
                     err = float(np.max(np.abs(mine - ref)))
                     raise ExportError(
                         f"the stored {s} scorer of {m}/{mc} does not reproduce the cached raw test scores in "
-                        f"{lay.scores / m / channel / s / (mc + '.npz')} (max abs diff {err:.3g}): the two files "
+                        f"{lay.score(m, channel, s, mc)} (max abs diff {err:.3g}): the two files "
                         f"are not from one run of the scoring stage; rerun the scoring notebooks (03*, or asd-run "
                         f"--only 03 --force)")
                 worst_raw = max(worst_raw, float(np.max(np.abs(mine - ref), initial=0.0)))

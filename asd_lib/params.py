@@ -18,6 +18,9 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+# the run's folders live in asd_lib.artifacts; Layout and layout stay importable from here for the notebooks
+from asd_lib.artifacts import LEAKY_SELECTION, Layout, layout, leaky_selection_file  # noqa: F401
+
 def find_root() -> Path:
     """The kit's folder (the one holding ``params/base.yaml`` and ``notebooks/``): ``$ASD_KIT_ROOT`` when set, else
     the current folder or the nearest one above it that holds them, else the source tree this package was imported
@@ -310,7 +313,6 @@ def resolve_ensemble(ensemble: Iterable[str], epoch_scale: float = 1.0) -> list[
     return out
 
 
-LEAKY_SELECTION = "selected_on_test_LEAKY.json"  # written by asd_lib.finetune next to a backbone's checkpoints
 
 
 def ensemble_models(ensemble: Iterable[str], epoch_scale: float = 1.0, epoch_selection: str = "fixed",
@@ -327,7 +329,7 @@ def ensemble_models(ensemble: Iterable[str], epoch_scale: float = 1.0, epoch_sel
         raise ParamsError("epoch_selection 'select-on-test-leaky' needs the checkpoints folder")
     chosen: dict[str, list[int]] = {}
     for backbone in dict.fromkeys(m.partition("@")[0] for m in models):
-        path = Path(checkpoints) / backbone / LEAKY_SELECTION
+        path = leaky_selection_file(checkpoints, backbone)
         if not path.is_file():
             raise ParamsError(f"no {path}: fine-tune with epoch_selection 'select-on-test-leaky' first (notebook 01)")
         ranked = [int(e) for e in json.loads(path.read_text())["epochs"]]
@@ -349,74 +351,9 @@ def training_plan(models: Iterable[str]) -> dict[str, list[int]]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# what the path parameters mean: the docs/design.md layout in code (used by every notebook)
+# what the path parameters mean (the folders themselves: asd_lib.artifacts)
 
 REGIME_SETS: dict[str, tuple[str, ...]] = {"dev": ("dev",), "devadd": ("dev", "add", "eval")}
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Folders of one run (docs/design.md "Stages shared between systems"): per regime and per system."""
-
-    results_dir: Path
-    regime: str
-    system: str = ""
-
-    @property
-    def regime_dir(self) -> Path:
-        """results/<regime>: data manifest, checkpoints, embeddings, raw scores (shared by online and offline)."""
-        return self.results_dir / self.regime
-
-    @property
-    def checkpoints(self) -> Path:
-        """results/<regime>/checkpoints/<backbone>/epoch_XXX.pt"""
-        return self.regime_dir / "checkpoints"
-
-    @property
-    def embeddings(self) -> Path:
-        """results/<regime>/embeddings/<backbone>@<epoch>/<channel>/<machine>_{train,test}.npz"""
-        return self.regime_dir / "embeddings"
-
-    @property
-    def scores(self) -> Path:
-        """results/<regime>/scores/<backbone>@<epoch>/<channel>/<scorer>/<machine>.npz"""
-        return self.regime_dir / "scores"
-
-    @property
-    def system_dir(self) -> Path:
-        """results/<system>: params.json, fused scores, submission, result.csv."""
-        return self.results_dir / self.system
-
-    @property
-    def submission(self) -> Path:
-        """results/<system>/submission: the organisers' CSV files (development set)."""
-        return self.system_dir / "submission"
-
-    @property
-    def eval_submission(self) -> Path:
-        """results/<system>/eval_submission: the CSV files of the evaluation set (DEV+ADD systems)."""
-        return self.system_dir / "eval_submission"
-
-    @property
-    def package(self) -> Path:
-        """results/<system>/package/teams/<team>/<label>/: the evaluation set packaged for the organisers."""
-        return self.system_dir / "package"
-
-    def models(self, ensemble: Iterable[str], epoch_scale: float = 1.0, epoch_selection: str = "fixed") -> list[str]:
-        """The ensemble's model ids for this run (``ensemble_models`` with this regime's checkpoints)."""
-        return ensemble_models(ensemble, epoch_scale, epoch_selection, self.checkpoints)
-
-    def checkpoint(self, model_id: str) -> Path:
-        """Checkpoint file of a model id such as 'beats@2'."""
-        backbone, _, epoch = model_id.partition("@")
-        return self.checkpoints / backbone / f"epoch_{int(epoch):03d}.pt"
-
-
-def layout(results_dir: str | Path, regime: str, system: str = "") -> Layout:
-    """The run's folders; ``regime`` must be 'dev' or 'devadd'."""
-    if regime not in REGIME_SETS:
-        raise ParamsError(f"regime must be one of {sorted(REGIME_SETS)}, got {regime!r}")
-    return Layout(Path(results_dir), regime, system)
 
 
 def ensure_data(data_root: str | Path, synth_preset: str = "", synth_seed: int = 0) -> Path:

@@ -32,6 +32,7 @@ from asd_lib import logs
 from asd_lib import params as P
 from asd_lib import progress
 from asd_lib import provenance
+from asd_lib.artifacts import params_file, records_dir, seed_dir, timings_file
 from asd_lib.fsutil import FolderBusy, folder_lock
 from asd_lib.fsutil import atomic_write_text as atomic_write
 
@@ -155,7 +156,7 @@ class StageOutOfDate(RuntimeError):
 
 def _stage_dir(results_dir: Path, scope: str, system: str, regime: str) -> tuple[Path, str]:
     label = {"regime": regime, "system": system, "shared": "baseline", "report": "report"}[scope]
-    return results_dir / label / "notebooks", label
+    return records_dir(results_dir, label), label
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:
@@ -338,7 +339,7 @@ def seed_params(params: P.Params, k: int) -> P.Params:
     if k == 0:
         return params
     return params.updated({"seed": int(params["seed"]) + k,
-                           "results_dir": str(Path(params["results_dir"]) / f"seed{k}")}, f"--seeds (repeat {k})")
+                           "results_dir": str(seed_dir(params["results_dir"], k))}, f"--seeds (repeat {k})")
 
 
 def run_system(runner: Runner, params: P.Params, names: list[str]) -> None:
@@ -349,7 +350,7 @@ def run_system(runner: Runner, params: P.Params, names: list[str]) -> None:
     """
     results_dir = ROOT / params["results_dir"]
     if not runner.dry_run:
-        atomic_write(results_dir / params["system"] / "params.json", params.to_json())
+        atomic_write(params_file(results_dir, params["system"]), params.to_json())
     chain = [(n, s) for n, s in NOTEBOOKS if s != "report"]
     last = max((i for i, (n, _) in enumerate(chain) if n in names), default=-1)
     upstream: list[str] = []
@@ -480,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wall time: {time.perf_counter() - t0:.1f} s")
     if not args.dry_run:
         for s in systems:
-            out = ROOT / per_system[s]["results_dir"] / s / "timings.csv"
+            out = timings_file(ROOT / per_system[s]["results_dir"], s)
             runner.log.write_csv(out)
     return status
 

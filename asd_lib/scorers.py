@@ -15,7 +15,8 @@ docs/reference.md §6: the paper's authors' code (AAU) and the LDN reference (Wi
 - ``calibration_scores``: scores of TRAINING clips that were not used to fit the scorer that scored them (the
   authors' held-out split, 195 source + 5 target of 1,000, for every scorer; leave-one-out for KNN and LDN as an
   option), for online normalisation and thresholds.
-- ``score_embeddings``: reads the embedding cache and writes ``scores/<model>/<channel>/<scorer>/<machine>.npz``.
+- ``score_embeddings``: reads the embedding cache and writes ``scores/<model>/<channel>/<scorer>/<machine>.npz``
+  (the files' paths, writer and reader: ``asd_lib.artifacts``; ``score_path`` and ``fitted_path`` stay here too).
 
 GWRP truncation (error bound). A GWRP density sums r^(i-1) d_(i) over ALL other training points, nearest first.
 We keep only the first M neighbours, with M the smallest integer such that the dropped weight fraction
@@ -46,8 +47,8 @@ from sklearn.preprocessing import normalize as sk_normalize
 from sklearn.utils.validation import check_is_fitted
 
 from asd_lib import progress
-from asd_lib.embed import embedded_machines, load_embeddings
-from asd_lib.fsutil import atomic_savez
+from asd_lib.artifacts import (embedded_machines, fitted_path, load_embeddings, load_scores,  # noqa: F401
+                               save_scores, score_path, scored_machines)
 
 __all__ = [
     "AAUPreprocess",
@@ -694,17 +695,6 @@ def scorer_params_from(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def score_path(score_root: str | Path, model: str, channel: str, scorer: str, machine: str) -> Path:
-    """results/<regime>/scores/<model>/<channel>/<scorer>/<machine>.npz"""
-    return Path(score_root) / model / channel / scorer / f"{machine}.npz"
-
-
-def fitted_path(score_root: str | Path, model: str, channel: str, scorer: str, machine: str) -> Path:
-    """results/<regime>/scores/<model>/<channel>/<scorer>/fitted/<machine> (+ .json / .npz, ``scorer_io``): the
-    scorer fitted on every training clip, raw embeddings in, the written test scores out."""
-    return Path(score_root) / model / channel / scorer / "fitted" / machine
-
-
 def _save_fitted(est: BaseEstimator, pre: AAUPreprocess | None, scorer: str, path: Path) -> None:
     """Store the fitted scorer as the online system will run it: behind its preprocessing when it had one."""
     from asd_lib.scorer_io import save_scorer  # scorer_io reads this module's classes
@@ -800,10 +790,8 @@ def score_embeddings(
                     calib, cnames, kind = held_est.decision_function(v["held"]), tr_names[held], "holdout"
                     fits = [est, held_est]
                 its = [fit_iterations(e) for e in fits]
-                extra = {"iterations": np.array(its)} if len(its) == 2 and None not in its else {}
-                atomic_savez(out, test=test.astype(np.float64), calib=calib.astype(np.float64), names=te_names,
-                             calib_names=cnames, calib_kind=np.array(kind),
-                             variant=np.array(str(sp.get("variant", ""))), **extra)
+                save_scores(out, test, calib, te_names, cnames, kind, variant=str(sp.get("variant", "")),
+                            iterations=its if len(its) == 2 and None not in its else None)
                 written.append(out)
     if ae_jobs:
         written += _score_ae_batched(ae_jobs)
@@ -823,9 +811,8 @@ def _score_ae_batched(jobs: list[dict[str, Any]]) -> list[Path]:
         _save_fitted(est, job["pre"], "ae", job["fitted"])
         test = reconstruction_mse(res[2 * j]["params"], job["views"]["test"], ae.device)
         calib = reconstruction_mse(res[2 * j + 1]["params"], job["views"]["held"], ae.device)
-        atomic_savez(job["out"], test=test, calib=calib, names=job["te_names"], calib_names=job["calib_names"],
-                     calib_kind=np.array("holdout"),
-                     iterations=np.array([res[2 * j]["n_epochs"], res[2 * j + 1]["n_epochs"]]))
+        save_scores(job["out"], test, calib, job["te_names"], job["calib_names"], "holdout",
+                    iterations=[res[2 * j]["n_epochs"], res[2 * j + 1]["n_epochs"]])
         written.append(job["out"])
     return written
 
@@ -839,11 +826,11 @@ def raw_score_aucs(score_root: str | Path, emb_root: str | Path, models: Sequenc
 
     rows = []
     for model in models:
-        for f in sorted((Path(score_root) / model / channel / scorer).glob("*.npz")):
-            y = load_embeddings(emb_root, model, channel, f.stem, "test")["labels"]
+        for machine in scored_machines(score_root, model, channel, scorer):
+            y = load_embeddings(emb_root, model, channel, machine, "test")["labels"]
             if (y < 0).any():  # unlabelled clips: the evaluation set
                 continue
-            with np.load(f, allow_pickle=False) as z:
-                rows.append({"model": model, "machine": f.stem, "AUC": roc_auc_score(y, z["test"])})
+            test = load_scores(score_path(score_root, model, channel, scorer, machine))["test"]
+            rows.append({"model": model, "machine": machine, "AUC": roc_auc_score(y, test)})
     return pd.DataFrame(rows, columns=["model", "machine", "AUC"]).pivot(index="machine", columns="model",
                                                                          values="AUC")

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from asd_lib.artifacts import params_file, seed_repeats, submission_dir
 from asd_lib.fsutil import atomic_write_text
 
 MACHINES: tuple[str, ...] = ("ToyCar", "ToyCarEmu", "bearingEmu", "fan", "gearboxEmu", "sliderEmu", "valveEmu")
@@ -103,10 +103,8 @@ def tidy_from_result(res, system: str, seed: int = 0) -> pd.DataFrame:
 def find_submissions(results_dir: str | os.PathLike, names: Iterable[str],
                      sub: str = "submission") -> list[tuple[str, int, Path]]:
     """(name, seed repeat, folder) for ``<results_dir>/<name>/<sub>`` and ``<results_dir>/seed<k>/<name>/<sub>``."""
-    root = Path(results_dir)
-    roots = [(0, root)] + sorted((int(m.group(1)), p) for p in root.glob("seed*")
-                                 if p.is_dir() and (m := re.fullmatch(r"seed(\d+)", p.name)))
-    return [(n, k, r / n / sub) for k, r in roots for n in names if (r / n / sub).is_dir()]
+    return [(n, k, submission_dir(r, n, sub)) for k, r in seed_repeats(results_dir) for n in names
+            if submission_dir(r, n, sub).is_dir()]
 
 
 def collect(results_dir: str | os.PathLike, names: Iterable[str] = tuple(SYSTEM_LABELS),
@@ -195,7 +193,7 @@ def system_labels(results_dir: str | os.PathLike) -> dict[str, str]:
     (``epoch_selection: select-on-test-leaky`` in its ``results/<system>/params.json``)."""
     out = dict(SYSTEM_LABELS)
     for system in out:
-        path = Path(results_dir) / system / "params.json"
+        path = params_file(results_dir, system)
         if path.is_file() and json.loads(path.read_text())["values"].get("epoch_selection", "fixed") != "fixed":
             out[system] += " (LEAKY: epochs chosen on test labels)"
     return out

@@ -48,6 +48,7 @@ def dev_size(args, np) -> None:
     torch.set_num_threads(args.threads)
     from asd_lib import fusion as F
     from asd_lib import scorers as S
+    from asd_lib.artifacts import load_scores, score_path
     from benchutil import fake_embeddings
 
     models = ["beats@107", "beats@204", "sslam@1"][: args.models] + [f"m{i}@0" for i in range(3, args.models)]
@@ -76,8 +77,7 @@ def dev_size(args, np) -> None:
         F.fuse_online(sc, models, normalisation="per-machine")
         times["online fusion (per-machine z)"] = time.perf_counter() - t
         assert len(off) == len(on) == len(machines)
-        with np.load(sc / models[0] / "ch0" / "ae" / f"{machines[0]}.npz") as z:
-            n_cal = len(z["calib"])
+        n_cal = len(load_scores(score_path(sc, models[0], "ch0", "ae", machines[0]))["calib"])
     for k in ("offline fusion", "online fusion (pooled z)", "online fusion (per-machine z)"):
         print(f"  {k}: {times[k]:.2f} s")
     total = sum(times.values())

@@ -85,6 +85,8 @@ def fake_embeddings(root: Path, models: Sequence[str], machines: Sequence[str], 
     clips (1 % target domain, at least one) and ``n_test`` test clips of ``dim``-d around a machine centre."""
     import numpy as np
 
+    from asd_lib.artifacts import embedding_path, save_embeddings
+
     rng = np.random.default_rng(seed)
     n_tgt = max(1, n_train // 100)
     dom = np.array(["source"] * (n_train - n_tgt) + ["target"] * n_tgt)
@@ -93,9 +95,8 @@ def fake_embeddings(root: Path, models: Sequence[str], machines: Sequence[str], 
     for model in models:
         for m in machines:
             centre = rng.standard_normal(dim)
-            d = Path(root) / model / "ch0"
-            d.mkdir(parents=True, exist_ok=True)
-            np.savez(d / f"{m}_train.npz", emb=(centre + rng.standard_normal((n_train, dim))).astype(np.float32),
-                     names=tr_names, labels=np.zeros(n_train, int), domains=dom)
-            np.savez(d / f"{m}_test.npz", emb=(centre + 1.2 * rng.standard_normal((n_test, dim))).astype(np.float32),
-                     names=te_names, labels=np.zeros(n_test, int), domains=np.array(["source"] * n_test))
+            save_embeddings(embedding_path(root, model, "ch0", m, "train"),
+                            centre + rng.standard_normal((n_train, dim)), tr_names, np.zeros(n_train, int), dom)
+            save_embeddings(embedding_path(root, model, "ch0", m, "test"),
+                            centre + 1.2 * rng.standard_normal((n_test, dim)), te_names, np.zeros(n_test, int),
+                            np.array(["source"] * n_test))

@@ -343,9 +343,8 @@ def stage_embed(ctx: Ctx, key: str) -> list[dict[str, Any]]:
 
 def stage_score(ctx: Ctx, sid: str) -> list[dict[str, Any]]:
     """``score_embeddings`` of one scorer on every (model, machine) of the random embedding cache."""
-    import numpy as np
-
-    from asd_lib.scorers import score_embeddings, score_path
+    from asd_lib.artifacts import load_scores, score_path
+    from asd_lib.scorers import score_embeddings
 
     device = ctx.device if sid == "ae" else "cpu"
     if sid == "ae":
@@ -358,9 +357,9 @@ def stage_score(ctx: Ctx, sid: str) -> list[dict[str, Any]]:
     flops, iters = 0.0, []
     for model in SCORE_MODELS:
         for machine in ctx.machines():
-            with np.load(score_path(ctx.work / "scores", model, "ch0", sid, machine)) as z:
-                its = tuple(int(i) for i in z["iterations"]) if "iterations" in z.files else None
-                flops += scorer_flops(sid, s.n_train, s.n_test, len(z["calib"]), s.dim, its)
+            z = load_scores(score_path(ctx.work / "scores", model, "ch0", sid, machine))
+            its = tuple(int(i) for i in z["iterations"]) if "iterations" in z else None
+            flops += scorer_flops(sid, s.n_train, s.n_test, len(z["calib"]), s.dim, its)
             iters.append(its)
     pairs = len(SCORE_MODELS) * s.machines
     note = f"{SCORER_NOTES[sid]}; {pairs} (model, machine) pairs of {s.n_train} x {s.n_test} x {s.dim}-d"
@@ -372,9 +371,8 @@ def stage_score(ctx: Ctx, sid: str) -> list[dict[str, Any]]:
 
 def stage_fusion(ctx: Ctx, kind: str) -> list[dict[str, Any]]:
     """Offline (rank) or online (pooled z) fusion of the score files the score stages wrote."""
-    import numpy as np
-
     from asd_lib import fusion as F
+    from asd_lib.artifacts import load_scores, score_path
 
     sc = ctx.work / "scores"
     if kind == "offline":
@@ -390,8 +388,7 @@ def stage_fusion(ctx: Ctx, kind: str) -> list[dict[str, Any]]:
 
     run()
     best, med = timed(run, ctx.reps, "cpu")
-    with np.load(sc / SCORE_MODELS[0] / "ch0" / "knn" / "machine0.npz") as z:
-        c = len(z["calib"])
+    c = len(load_scores(score_path(sc, SCORE_MODELS[0], "ch0", "knn", "machine0"))["calib"])
     t, s, m = ctx.sizes.n_test, len(scorers), len(SCORE_MODELS)
     if kind == "offline":
         per_machine = s * m * t * (math.log2(t) + 2) + s * t

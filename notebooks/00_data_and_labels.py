@@ -23,10 +23,10 @@ import pandas as pd
 from IPython.display import Audio, display
 from scipy.signal import spectrogram
 
-from asd_lib import data, params as P, plots
+from asd_lib import artifacts, data, params as P, plots
 
 ROOT = plots.setup(seed=seed, figures_dir=figures_dir)
-L = P.layout(results_dir, regime)
+L = artifacts.layout(results_dir, regime)
 
 # %% [markdown]
 # ## 1. The layout on disk
@@ -77,10 +77,10 @@ print(f"regime {regime!r}: {len(man)} clips,", man["machine"].nunique(), "machin
 
 # %%
 L.regime_dir.mkdir(parents=True, exist_ok=True)
-tmp = L.regime_dir / ".manifest.csv.tmp"
+tmp = L.manifest.with_name(".manifest.csv.tmp")
 man.assign(path=[str(Path(p).relative_to(root.resolve())) for p in man["path"]]).to_csv(tmp, index=False)
-tmp.replace(L.regime_dir / "manifest.csv")
-print("wrote", L.regime_dir / "manifest.csv")
+tmp.replace(L.manifest)
+print("wrote", L.manifest)
 
 # %% [markdown]
 # ## 4. Classes: machine × domain × attributes × channel

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from asd_lib import plots
+from asd_lib import artifacts, plots
 from asd_lib import params as P
 from asd_lib.backbones import load_backbone
 from asd_lib.backbones.fbank import beats_fbank
@@ -122,8 +122,8 @@ live = {}
 for enc in ("beats", "sslam") if pretrain_steps > 0 else ():
     cfg = train.PretrainConfig(encoder=enc, corpus_clips=pretrain_corpus_clips, steps=pretrain_steps,
                                batch_size=min(32, pretrain_corpus_clips), seed=seed)
-    out = ROOT / results_dir / "pretrain"
-    live[enc] = train.pretrain(cfg, out / "checkpoints", out / "work", save_every=max(1, pretrain_steps // 5))
+    ckpt_dir, work_dir = artifacts.pretrain_dirs(ROOT / results_dir)
+    live[enc] = train.pretrain(cfg, ckpt_dir, work_dir, save_every=max(1, pretrain_steps // 5))
     print(enc, "first steps:", live[enc]["first_losses"], "last steps:", live[enc]["final_losses"])
 
 # %% [markdown]

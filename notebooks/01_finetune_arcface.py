@@ -50,11 +50,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from asd_lib import data, finetune, params as P, plots
+from asd_lib import artifacts, data, finetune, params as P, plots
 from asd_lib.backbones import load_backbone
 
 ROOT = plots.setup(seed=seed, figures_dir=figures_dir)
-L = P.layout(results_dir, regime)
+L = artifacts.layout(results_dir, regime)
 man = P.regime_manifest(data.scan(P.ensure_data(data_root, synth_preset, synth_seed)), regime)
 models = P.resolve_ensemble(ensemble, epoch_scale)
 plan = P.training_plan(models)
@@ -168,12 +168,12 @@ plots.save_fig("augmentation_noise");
 # the runs of this system, from the parameters above: the same mapping as `asd-finetune --system`
 runs = finetune.system_runs(P.namespace_values(globals(), "01_finetune_arcface"))
 for backbone, run in runs.items():
-    home = L.checkpoints / backbone
+    home = L.checkpoint_dir(backbone)
     changed = P.changed_settings(finetune.recorded_settings(home), run)
     if changed and not P.under_runner():  # an exercise: its own folder; 02-04 keep reading `home`
         run["backbone_id"] = P.variant_name(backbone, changed)
         print(f"{backbone}: {P.describe_changes(changed)} from the run in {home}, which stays as it is;"
-              f" this run goes to {L.checkpoints / run['backbone_id']}")
+              f" this run goes to {L.checkpoint_dir(run['backbone_id'])}")
     elif changed:
         print(f"{backbone}: the system's settings changed ({P.describe_changes(changed)}): training again")
     run["resume"] = not (P.forced() or (changed and P.under_runner()))  # asd-run --force: start over
@@ -186,8 +186,8 @@ for backbone, run in runs.items():
     except ValueError as exc:  # the run there learned other classes (the data changed): it cannot be continued
         print(f"{backbone}: {exc}\n-> the data changed since that run: training again from the start")
         folders[backbone] = finetune.finetune(man, out_dir=L.regime_dir, **{**run, "resume": False})
-    print(backbone, "->", folders[backbone], sorted(p.name for p in folders[backbone].glob("epoch_*.pt")
-                                                    if ".head" not in p.name))
+    print(backbone, "->", folders[backbone], [artifacts.checkpoint_file(folders[backbone], e).name
+                                              for e in artifacts.checkpoint_epochs(folders[backbone])])
 
 # %% [markdown]
 # ## 4. Training curves

@@ -27,11 +27,11 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
-from asd_lib import data, embed, params as P, plots, scorers
+from asd_lib import artifacts, data, embed, params as P, plots, scorers
 from asd_lib.backbones import load_backbone
 
 ROOT = plots.setup(seed=seed, figures_dir=figures_dir)
-L = P.layout(results_dir, regime)
+L = artifacts.layout(results_dir, regime)
 man = P.regime_manifest(data.scan(P.ensure_data(data_root, synth_preset, synth_seed)), regime)
 models = L.models(ensemble, epoch_scale, epoch_selection)
 machines = sorted(man.loc[man["split"] == "test", "machine"].unique())  # scored machines (devadd: extra train only)
@@ -72,7 +72,7 @@ print("from-scratch GeM equals asd_lib.embed.pool_tokens:", True)
 folders = {}  # model -> the folder this run writes (its own, named by what differs, in an exercise)
 for model in models:
     recipe = sslam_recipe if model.startswith("sslam") else None
-    changed = P.changed_settings(embed.recorded_settings(L.embeddings, model, channel),
+    changed = P.changed_settings(artifacts.recorded_settings(L.embeddings, model, channel),
                                  {"pooling": pooling, "recipe": recipe})
     folders[model] = model
     if changed and not P.under_runner():  # an exercise: 03-04 keep reading the system's embeddings
@@ -81,11 +81,11 @@ for model in models:
     embed.extract_embeddings(man, L.checkpoint(model), L.embeddings, folders[model], channel=channel,
                              pooling=pooling, machines=machines, batch_size=embed_batch_size,
                              device=device or None, recipe=recipe, force=True)
-    print(model, "->", L.embeddings / folders[model] / channel)
+    print(model, "->", L.embedding_dir(folders[model], channel))
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-z = embed.load_embeddings(L.embeddings, folders[models[0]], channel, "fan", "test")
+z = artifacts.load_embeddings(L.embeddings, folders[models[0]], channel, "fan", "test")
 print({k: v.shape for k, v in z.items()}, "| emb dtype:", z["emb"].dtype)
 print("labels:", {int(k): int(n) for k, n in zip(*np.unique(z["labels"], return_counts=True))},
       "| domains:", sorted(str(d) for d in set(z["domains"])))
@@ -101,7 +101,7 @@ assert len({len(v) for v in z.values()}) == 1 and z["emb"].dtype == np.float32
 # %%
 embs, owner, domains = [], [], []
 for m in machines:
-    z = embed.load_embeddings(L.embeddings, folders[models[-1]], channel, m, "train")
+    z = artifacts.load_embeddings(L.embeddings, folders[models[-1]], channel, m, "train")
     embs.append(z["emb"]); owner += [m] * len(z["emb"]); domains += list(z["domains"])
 fig = plots.embedding_map(np.concatenate(embs), owner, domains, title=f"{models[-1]} {channel}: train clips by machine")
 plots.save_fig("embeddings_by_machine");
@@ -110,7 +110,7 @@ plots.save_fig("embeddings_by_machine");
 # NBVAL_IGNORE_OUTPUT
 auc = {}
 for m in machines:
-    tr, te = (embed.load_embeddings(L.embeddings, folders[models[0]], channel, m, s) for s in ("train", "test"))
+    tr, te = (artifacts.load_embeddings(L.embeddings, folders[models[0]], channel, m, s) for s in ("train", "test"))
     if len(set(te["labels"]) - {-1}) == 2:  # machines with ground truth
         knn1 = scorers.KNNScorer(n_neighbors=1).fit(tr["emb"])
         auc[m] = roc_auc_score(te["labels"], knn1.decision_function(te["emb"]))

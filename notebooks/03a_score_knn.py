@@ -22,13 +22,13 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from asd_lib import embed, params as P, plots, scorers
+from asd_lib import artifacts, plots, scorers
 
 ROOT = plots.setup(seed=seed, figures_dir=figures_dir)
-L = P.layout(results_dir, regime)
+L = artifacts.layout(results_dir, regime)
 models = L.models(ensemble, epoch_scale, epoch_selection)
-tr = embed.load_embeddings(L.embeddings, models[0], channel, "fan", "train")
-te = embed.load_embeddings(L.embeddings, models[0], channel, "fan", "test")
+tr = artifacts.load_embeddings(L.embeddings, models[0], channel, "fan", "train")
+te = artifacts.load_embeddings(L.embeddings, models[0], channel, "fan", "test")
 print(models, "| fan:", tr["emb"].shape, "train,", te["emb"].shape, "test")
 
 # %% [markdown]

@@ -35,14 +35,14 @@ import pandas as pd
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
-from asd_lib import data, embed, fusion, metrics, params as P, plots, submission
+from asd_lib import artifacts, data, fusion, metrics, plots, submission
 
 ROOT = plots.setup(seed=seed, figures_dir=figures_dir)
-L = P.layout(results_dir, regime, system)
+L = artifacts.layout(results_dir, regime, system)
 models = L.models(ensemble, epoch_scale, epoch_selection)
 all_scorers = ["knn", "gmm", "ae", "ldn"]
 names, raw = fusion.load_machine_scores(L.scores, models, all_scorers, "fan", channel)
-labels = embed.load_embeddings(L.embeddings, models[0], channel, "fan", "test")["labels"]
+labels = artifacts.load_embeddings(L.embeddings, models[0], channel, "fan", "test")["labels"]
 print(system, "|", fusion_mode, "| models", models, "| fused scorers", scorers)
 
 

@@ -15,16 +15,15 @@ baseline_epochs = 2                 # the organisers' autoencoder: epochs
 baseline_batch_size = 256           # its batch size
 
 # %%
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from asd_lib import baseline, data, params as P, plots, tables
+from asd_lib import artifacts, baseline, data, params as P, plots, tables
 
 ROOT = plots.setup(seed=seed, figures_dir=figures_dir)
 man = P.regime_manifest(data.scan(P.ensure_data(data_root, synth_preset, synth_seed)), "dev")
-out_dir = Path(results_dir) / "baseline"
+out_dir = artifacts.baseline_dir(results_dir)
 
 # %% [markdown]
 # ## 1. Features from scratch: 5 log-mel frames → one 640-d vector

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from asd_lib import data, params as P, plots, tables
+from asd_lib import artifacts, data, plots, tables
 
 ROOT = plots.setup(seed=seed, figures_dir=figures_dir)
-out = Path(results_dir) / "tables"
+out = artifacts.tables_dir(results_dir)
 
 # %% [markdown]
 # ## Two metrics, side by side
@@ -51,7 +51,7 @@ notes = tables.spread_notes(tidy)
 print("\n".join(tables.describe_spread(notes)) or "fewer than two systems: no comparison")
 
 # %%
-base = tables.collect(Path(results_dir) / "baseline", names=("MAHALA", "MSE"), sub="")
+base = tables.collect(artifacts.baseline_dir(results_dir), names=("MAHALA", "MSE"), sub="")
 t2 = tables.table2(base)
 t2
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from asd_lib import data, embed, fusion, params as P, plots, run, tables
+from asd_lib import artifacts, data, fusion, plots, run, tables
 
 ROOT = plots.setup(seed=seed, figures_dir=figures_dir)
-L = P.layout(results_dir, regime, system)
+L = artifacts.layout(results_dir, regime, system)
 models = L.models(ensemble, epoch_scale, epoch_selection)
 print(system, models, "| figures ->", plots.figures_dir())
 
@@ -81,7 +81,7 @@ plots.save_fig("roc_curves");
 machine = "gearboxEmu"
 emb, cls, dom = [], [], []
 for split in ("train", "test"):
-    z = embed.load_embeddings(L.embeddings, models[0], channel, machine, split)
+    z = artifacts.load_embeddings(L.embeddings, models[0], channel, machine, split)
     emb.append(z["emb"])
     cls += ["anomaly" if lab == 1 else data.parse_name(n).attributes for n, lab in zip(z["names"], z["labels"])]
     dom += [str(d) for d in z["domains"]]
@@ -101,7 +101,7 @@ rows = []
 for name, (sc, pool) in variants.items():
     fused = fusion.fuse_offline(L.scores, models, sc, channel, fusion=pool)
     folder = "".join(c if c.isalnum() else "_" for c in name).strip("_")
-    r = tables.evaluate_fused(fused, L.regime_dir / "ablations" / "fusion" / folder)
+    r = tables.evaluate_fused(fused, L.ablations("fusion", folder))
     rows.append({"variant": name, **r})
 by_scorer = pd.DataFrame(rows).set_index("variant")
 print(by_scorer.round(3).to_string())

@@ -29,11 +29,11 @@ import torch
 from scipy.stats import hmean
 from sklearn.metrics import roc_auc_score
 
-from asd_lib import data, embed, finetune, fusion, params as P, plots, scorers, tables
+from asd_lib import artifacts, data, finetune, fusion, params as P, plots, scorers, tables
 from asd_lib.backbones import load_backbone
 
 ROOT = plots.setup(seed=seed, figures_dir=figures_dir)
-L = P.layout(results_dir, regime, system)
+L = artifacts.layout(results_dir, regime, system)
 models = L.models(ensemble, epoch_scale, epoch_selection)
 machines = fusion.list_machines(L.scores, models, ["knn", "gmm", "ae", "ldn"], channel)
 
@@ -128,7 +128,7 @@ variants = {"authors (aau-gwrp)": dict(variant="aau-gwrp", r=ldn_r),
 rows = []
 for name, kw in variants.items():
     for m in machines:
-        tr, te = (embed.load_embeddings(L.embeddings, models[0], channel, m, s) for s in ("train", "test"))
+        tr, te = (artifacts.load_embeddings(L.embeddings, models[0], channel, m, s) for s in ("train", "test"))
         s = scorers.LDNScorer(**kw).fit(tr["emb"]).decision_function(te["emb"])
         for dom in ("source", "target"):
             sel = (te["domains"] == dom) | (te["labels"] == 1)
@@ -152,7 +152,7 @@ for norm in ("pooled", "per-machine", "aau-constants", "streaming"):
     for dec in ("calibration", "aau-minmax"):
         fused = fusion.fuse_online(L.scores, models, ["knn", "ae", "ldn"], channel, normalisation=norm, decision=dec,
                                    quantile=decision_quantile)
-        r = tables.evaluate_fused(fused, L.regime_dir / "ablations" / "online" / f"{norm}_{dec}")
+        r = tables.evaluate_fused(fused, L.ablations("online", f"{norm}_{dec}"))
         independent = next(iter(fused.values())).attrs["test_independent"]
         rows.append({"normalisation": norm, "decision": dec, "test-independent": independent,
                      "official score": r["official score"], "F1": r["F1"]})
@@ -168,7 +168,7 @@ print(pd.DataFrame(rows).round(3).to_string(index=False))
 # %%
 cands = [m for m in models if m.startswith("beats")]
 per_epoch = {m: tables.evaluate_fused(fusion.fuse_offline(L.scores, [m], ["knn"], channel),
-                                      L.regime_dir / "ablations" / "epochs" / m)["official score"] for m in cands}
+                                      L.ablations("epochs", m))["official score"] for m in cands}
 print({m: round(v, 3) for m, v in per_epoch.items()})
 print(f"choosing on test would report {max(per_epoch.values()):.3f}; the fixed choice reports the last epoch, "
       f"{per_epoch[cands[-1]]:.3f}")

@@ -46,15 +46,15 @@ ae_epochs = 10                      # AE epochs at most (early stop, patience be
 import numpy as np
 import pandas as pd
 
-from asd_lib import data, embed, finetune, fusion, params as P, plots, scorers, tables
+from asd_lib import artifacts, data, embed, finetune, fusion, params as P, plots, scorers, tables
 from asd_lib.backbones import load_backbone
 from asd_lib.pretrain.probe import random_like
 
 ROOT = plots.setup(seed=seed, figures_dir=figures_dir)
-L = P.layout(results_dir, regime)
+L = artifacts.layout(results_dir, regime)
 man = P.regime_manifest(data.scan(P.ensure_data(data_root, synth_preset, synth_seed)), regime)
 machines = sorted(man.loc[man["split"] == "test", "machine"].unique())
-out = L.regime_dir / "ablations"
+out = L.ablations()
 seeds = list(range(seed, seed + ablation_seeds))
 print(f"{ablation_backbone}, {ablation_epochs} epoch(s) per variant, seeds {seeds}, {len(machines)} machines ->", out)
 
@@ -82,13 +82,13 @@ def variant(name, channel="ch0", fused_scorers=ALL, seed=seed, backbone=None, sc
             weight_decay=weight_decay, warmup_epochs=warmup_epochs, grad_clip=grad_clip, duration=train_seconds,
             time_shift=time_shift, seed=seed, device=device or None, amp=False, resume=False,
             verbose=False, **settings)
-    ckpt, model = trained[name, seed] / f"epoch_{epochs:03d}.pt", f"{name}@{epochs}" + ("" if pool == pooling else f"-{pool}")
+    ckpt, model = artifacts.checkpoint_file(trained[name, seed], epochs), f"{name}@{epochs}" + ("" if pool == pooling else f"-{pool}")
     if (model, channel, seed) not in embedded:
-        embed.extract_embeddings(man, ckpt, where / "embeddings", model, channel=channel, pooling=pool,
+        embed.extract_embeddings(man, ckpt, artifacts.embeddings_dir(where), model, channel=channel, pooling=pool,
                                  machines=machines, device=device or None, recipe=settings.get("recipe"), force=True)
         embedded.add((model, channel, seed))
-    scores = where / "scores" / score_as if score_as else where / "scores"
-    scorers.score_embeddings(where / "embeddings", scores, [model], channel=channel, preprocess=prep,
+    scores = artifacts.scores_dir(where, score_as)
+    scorers.score_embeddings(artifacts.embeddings_dir(where), scores, [model], channel=channel, preprocess=prep,
                              calibration=calibration, seed=seed, force=True,
                              scorer_params={"ae": {"max_epochs": ae_epochs}} | (scorer_params or {}))
     fused = (fusion.fuse_offline(scores, [model], list(fused_scorers), channel) if fuse == "offline" else
@@ -148,7 +148,7 @@ plots.save_fig("near_vs_far_channel");
 
 # %%
 model = f"paper@{ablation_epochs}"
-alone = {sc: [tables.evaluate_fused(fusion.fuse_offline(out / f"seed{s}" / "scores", [model], [sc], "ch0"),
+alone = {sc: [tables.evaluate_fused(fusion.fuse_offline(artifacts.scores_dir(out / f"seed{s}"), [model], [sc], "ch0"),
                                     out / f"seed{s}" / "submissions" / f"alone_{sc}") for s in seeds] for sc in ALL}
 alone["fused (min)"] = runs["paper (90 classes, ArcFace, fine-tuned)"]
 scorer_long, by_scorer = over_seeds(alone)

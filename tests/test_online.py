@@ -22,7 +22,7 @@ import pytest
 torch = pytest.importorskip("torch")
 sf = pytest.importorskip("soundfile")
 
-from asd_lib import fsutil, online, scorers  # noqa: E402
+from asd_lib import artifacts, fsutil, online, scorers  # noqa: E402
 from asd_lib.fsutil import file_sha256  # noqa: E402
 from asd_lib.online import ClipError, ExportError, SystemLoadError  # noqa: E402
 
@@ -56,7 +56,7 @@ def demo(tiny_data, tmp_path_factory):
     warnings.filterwarnings("ignore", message="n_quantiles")
     base = tmp_path_factory.mktemp("online")
     vals = _params(base / "results")
-    lay = P.layout(vals["results_dir"], "dev")
+    lay = artifacts.layout(vals["results_dir"], "dev")
     man = P.regime_manifest(scan(tiny_data), "dev")
     man = man[man["machine"].isin(MACHINES)].reset_index(drop=True)
     common = dict(duration=1.0, batch_size=16, warmup_epochs=1.0, amp=False, progress=False, verbose=False,
@@ -245,7 +245,7 @@ def test_export_copies_the_scoring_stages_fitted_scorers_and_refits_nothing(demo
     for m in MODELS:
         for mc in MACHINES:
             for s in SCORERS:
-                stored = scorers.fitted_path(demo["lay"].scores, m, "ch0", s, mc)
+                stored = demo["lay"].fitted(m, "ch0", s, mc)
                 for ext in ("json", "npz"):
                     assert file_sha256(out / "scorers" / m / mc / f"{s}.{ext}") == \
                         file_sha256(stored.with_suffix(f".{ext}")), (m, mc, s, ext)
@@ -265,8 +265,8 @@ def test_export_refusals(demo, tmp_path):
     with pytest.raises(ExportError, match=r"n_neighbors=6\) is not the one these params describe .*n_neighbors=3"):
         online.export_system(tmp_path / "d", {**vals, "knn_k": 3, "scorers": ["knn", "ldn"]})
     assert not (tmp_path / "d").exists()
-    knn = scorers.fitted_path(demo["lay"].scores, "beats@1", "ch0", "knn", "fan")
-    test_scores = scorers.score_path(demo["lay"].scores, "beats@1", "ch0", "knn", "fan")
+    knn = demo["lay"].fitted("beats@1", "ch0", "knn", "fan")
+    test_scores = demo["lay"].score("beats@1", "ch0", "knn", "fan")
     original = test_scores.read_bytes()
     try:  # the stored scorer and the score file are not from one run: refused, never re-fitted
         with np.load(test_scores) as z:
