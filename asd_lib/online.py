@@ -57,6 +57,7 @@ import numpy as np
 from asd_lib.artifacts import embedding_source, fitted_path, layout, load_embeddings
 from asd_lib.fsutil import file_sha256, replace_dir, temp_dir
 from asd_lib.scorer_io import load_scorer, save_scorer, scorer_files
+from asd_lib.scorers import final_step, make_scorer, scorer_params_from
 
 __all__ = [
     "FORMAT_VERSION",
@@ -726,7 +727,7 @@ def _checkpoint_info(ckpt: Path) -> tuple[str | None, list[str], bool]:
         with_ch = bool(blob.get("config", {}).get("classes_with_channel", True))
     head = ckpt.with_name(ckpt.stem + ".head.pt")
     if not classes and head.is_file():
-        from asd_lib.finetune import load_head
+        from asd_lib.finetune.heads import load_head  # torch
 
         classes = load_head(head)[1]
     return recipe, classes, with_ch
@@ -750,15 +751,13 @@ def _stored_scorers(score_root: Path, models: Sequence[str], machines: Sequence[
 
 def _check_settings(est: Any, scorer: str, vals: Mapping[str, Any], where: str) -> None:
     """ExportError unless a stored scorer has the settings these params give (parameters, preprocessing, seed)."""
-    from asd_lib.scorers import _final, make_scorer, scorer_params_from
-
     sp = scorer_params_from(vals).get(scorer, {})
     want = make_scorer(scorer, preprocess=vals.get("preprocess", "aau"), seed=int(vals.get("seed", 0)), **sp)
     got_steps = [type(e).__name__ for e in getattr(est, "named_steps", {"": est}).values()]
     want_steps = [type(e).__name__ for e in getattr(want, "named_steps", {"": want}).values()]
     drop = {"device"}  # where it ran, not what it computes
-    got = {k: v for k, v in _final(est).get_params().items() if k not in drop}
-    exp = {k: v for k, v in _final(want).get_params().items() if k not in drop}
+    got = {k: v for k, v in final_step(est).get_params().items() if k not in drop}
+    exp = {k: v for k, v in final_step(want).get_params().items() if k not in drop}
     if got_steps != want_steps or got != exp:
         diff = sorted(k for k in set(got) | set(exp) if got.get(k) != exp.get(k))
         raise ExportError(f"{where}: the {scorer} scorer the scoring stage stored ({' + '.join(got_steps)}"

@@ -6,7 +6,9 @@ stages. Two more inputs make a stored result stale, and this module digests them
 - ``code_digest(source)``: the ``asd_lib`` modules a piece of code imports, followed transitively through the
   package (absolute and relative imports, and every parent package's ``__init__``), hashed by content. An edit to
   ``fusion.py`` changes the digest of the notebooks that import fusion, directly or through another module, and
-  of no other.
+  of no other. A sub-package (``scorers/``, ``finetune/``, ``backbones/``, ...) counts as a whole: once any of its
+  modules is loaded, every file under its folder is digested, so that an edit to any of them changes the digest
+  even where the package reaches a module in a way the import scan cannot see.
 - ``data_digest(root)``: every file under a data folder by relative name, size and modification time, so that a
   deleted, added, replaced or touched file changes it (content hashes would cost minutes on the DCASE-size set).
 - ``snapshot`` / ``written_files`` / ``damaged_output``: the files a stage wrote, with their hashes, and whether
@@ -74,13 +76,28 @@ def imported_modules(code: str, module: str | None = None) -> set[str]:
     return {m for m in found if _module_file(m)}
 
 
+def package_modules(package: str) -> list[str]:
+    """Every module under a package's folder (its sub-packages' too), by dotted name; [] for a plain module."""
+    path = _module_file(package)
+    if path is None or path.name != "__init__.py":
+        return []
+    out = []
+    for file in sorted(path.parent.rglob("*.py")):
+        parts = file.relative_to(ROOT).with_suffix("").parts
+        if any(p.startswith(".") for p in parts):
+            continue
+        out.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return out
+
+
 @lru_cache(maxsize=None)
 def _file_sha(path: Path, mtime_ns: int) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def module_closure(code: str) -> list[str]:
-    """Every ``asd_lib`` module that running ``code`` loads: its imports, theirs, and their parent packages."""
+    """Every ``asd_lib`` module that running ``code`` loads: its imports, theirs, and their parent packages; with a
+    sub-package of ``asd_lib``, every module of that sub-package."""
     todo, seen = list(imported_modules(code)), set()
     while todo:
         mod = todo.pop()
@@ -89,6 +106,8 @@ def module_closure(code: str) -> list[str]:
         seen.add(mod)
         parts = mod.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # importing a.b.c runs a and a.b first
+        if mod != PACKAGE:
+            todo += package_modules(mod)  # a sub-package is one unit: all of its files
         todo += list(imported_modules(_module_file(mod).read_text(), mod))
     return sorted(seen)
 

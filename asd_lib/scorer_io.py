@@ -13,7 +13,7 @@ is stored as ``{"dict": {...}}``. Nested sklearn objects are stored as the data 
 ``NearestNeighbors`` bank of a KNNScorer as its parameters and training array (refitted on load; the brute-force
 search it runs then is the same computation on the same numbers), the ``GaussianMixture`` of a GMMScorer as its
 parameters and the fitted arrays ``score_samples`` reads. Autoencoder weights held as torch tensors are stored as
-numpy arrays and come back as numpy arrays, the type ``ae.reconstruction_mse`` takes.
+numpy arrays and come back as numpy arrays, the type ``scorers.ae_network.reconstruction_mse`` takes.
 """
 from __future__ import annotations
 
@@ -30,7 +30,11 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import Pipeline
 
 from asd_lib.fsutil import atomic_savez, atomic_write_text
-from asd_lib.scorers import AAUPreprocess, AEScorer, GMMScorer, KNNScorer, LDNScorer
+from asd_lib.scorers.autoencoder import AEScorer
+from asd_lib.scorers.gmm import GMMScorer
+from asd_lib.scorers.knn import KNNScorer
+from asd_lib.scorers.ldn import LDNScorer
+from asd_lib.scorers.preprocess import AAUPreprocess
 
 __all__ = ["SCORER_FORMAT", "SCORER_FORMAT_VERSION", "save_scorer", "load_scorer", "scorer_files"]
 

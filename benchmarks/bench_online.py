@@ -33,7 +33,7 @@ def build_system(size: str, n_train: int, seed: int = 0):
 
     from asd_lib.backbones import load_backbone
     from asd_lib.online import ModelSpec, OnlineSystem
-    from asd_lib.scorers import _fit, make_scorer
+    from asd_lib.scorers import fit_scorer, make_scorer
 
     warnings.filterwarnings("ignore", message="n_quantiles")
     names = [("beats@107", f"beats-{size}", None), ("beats@204", f"beats-{size}", None),
@@ -50,7 +50,7 @@ def build_system(size: str, n_train: int, seed: int = 0):
         scorers["fan"][mid] = {}
         for sid in ("knn", "ae", "ldn"):
             kw = {"max_epochs": 3} if sid == "ae" else {}
-            scorers["fan"][mid][sid] = _fit(make_scorer(sid, preprocess="aau", seed=seed, **kw), Xtr, None)
+            scorers["fan"][mid][sid] = fit_scorer(make_scorer(sid, preprocess="aau", seed=seed, **kw), Xtr, None)
     return OnlineSystem(models=specs, encoders=encoders, scorers=scorers, scorer_ids=["knn", "ae", "ldn"],
                         constants={s: (0.0, 1.0) for s in ("knn", "ae", "ldn")}, thresholds={"fan": 0.0})
 

@@ -277,13 +277,13 @@ def stage_finetune(ctx: Ctx, key: str) -> list[dict[str, Any]]:
     import torch.nn.functional as F
 
     from asd_lib.backbones import NAMED_CONFIGS, load_backbone
-    from asd_lib.finetune import SWITCH_FIELDS, _Classifier, apply_trainable, build_head
+    from asd_lib.finetune import SWITCH_FIELDS, Classifier, apply_trainable, build_head
 
     name, recipe = ctx.sizes.encoders[key]
     no_layerdrop = SWITCH_FIELDS[NAMED_CONFIGS[name][0]]["layerdrop"]
     enc = load_backbone(name, recipe=recipe, **no_layerdrop)
     trained = apply_trainable(enc, "aau")
-    model = _Classifier(enc, build_head("arcface", enc.embed_dim, N_CLASSES), "mean", backbone_grad=True)
+    model = Classifier(enc, build_head("arcface", enc.embed_dim, N_CLASSES), "mean", backbone_grad=True)
     model = model.to(ctx.device).train()
     backbone = [p for p in model.encoder.parameters() if p.requires_grad]
     head = list(model.head.parameters())

@@ -303,7 +303,7 @@ def test_select_on_test_is_opt_in_and_labelled_leaky(dev_manifest, tmp_path):
 
 
 def test_cli_explains_every_option_and_refuses_a_bad_path_without_a_traceback(tmp_path, capsys):
-    from asd_lib.finetune import main
+    from asd_lib.finetune.cli import main
 
     with pytest.raises(SystemExit):
         main(["--help"])

@@ -169,13 +169,13 @@ def test_a_joint_sample_gets_one_time_shift_for_both_channels(dev_manifest, tmp_
     from asd_lib import finetune as ft
 
     seen = []
-    forward = ft._Classifier.forward
+    forward = ft.Classifier.forward
 
     def record(self, fbank, labels):
         seen.append(fbank.detach().clone())
         return forward(self, fbank, labels)
 
-    monkeypatch.setattr(ft._Classifier, "forward", record)
+    monkeypatch.setattr(ft.Classifier, "forward", record)
     finetune(dev_manifest, "beats-tiny", tmp_path, channel_input="joint", classes_with_channel=False,
              time_shift=0.3, **{**_FAST, "machines": ["fan"]})
     cache = torch.from_numpy(np.load(next((tmp_path / "fbank").rglob("fan_*.npy"))))  # (clips, 2, frames, bins)

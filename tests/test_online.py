@@ -240,7 +240,7 @@ def test_export_copies_the_scoring_stages_fitted_scorers_and_refits_nothing(demo
 
     for cls in (scorers.AAUPreprocess, scorers.KNNScorer, scorers.GMMScorer, scorers.AEScorer, scorers.LDNScorer):
         monkeypatch.setattr(cls, "fit", no_fit)
-    monkeypatch.setattr(scorers, "train_autoencoders", no_fit)
+    monkeypatch.setattr(scorers.autoencoder, "train_autoencoders", no_fit)  # AEScorer.fit and the stage look it up here
     out = online.export_system(tmp_path / "system", demo["vals"])
     for m in MODELS:
         for mc in MACHINES:

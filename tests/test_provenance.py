@@ -40,3 +40,48 @@ def test_data_digest_sees_deleted_added_and_touched_files(tmp_path: Path):
     assert touched != first
     (tmp_path / "a/y.wav").unlink()
     assert V.data_digest(tmp_path) not in (first, touched)
+
+
+def test_a_package_is_digested_as_a_whole(tmp_path: Path, monkeypatch):
+    """A change in any file of a sub-package changes the digest of code that imports it, also in a file its
+    ``__init__`` does not import (a ``__main__``, a module reached only by attribute); other modules stay out."""
+    files = {
+        "asd_lib/__init__.py": "",
+        "asd_lib/other.py": "X = 1\n",
+        "asd_lib/pkg/__init__.py": "from .a import A\n",
+        "asd_lib/pkg/a.py": "A = 1\n",
+        "asd_lib/pkg/b.py": "B = 1\n",
+        "asd_lib/pkg/__main__.py": "from .a import A\n",
+        "asd_lib/pkg/sub/__init__.py": "",
+        "asd_lib/pkg/sub/c.py": "C = 1\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(V, "ROOT", tmp_path)
+    for code in ("from asd_lib import pkg", "from asd_lib.pkg import A", "import asd_lib.pkg.a"):
+        assert V.module_closure(code) == ["asd_lib", "asd_lib.pkg", "asd_lib.pkg.__main__", "asd_lib.pkg.a",
+                                          "asd_lib.pkg.b", "asd_lib.pkg.sub", "asd_lib.pkg.sub.c"], code
+    before = V.code_digest("from asd_lib import pkg")
+    for i, name in enumerate(n for n in files if n.startswith("asd_lib/pkg/")):
+        path = tmp_path / name
+        path.write_text(path.read_text() + "# edited\n")
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + (i + 1) * 10**9))  # a new mtime, whatever the clock
+        after = V.code_digest("from asd_lib import pkg")
+        assert after != before, name
+        before = after
+    assert V.module_closure("from asd_lib import other") == ["asd_lib", "asd_lib.other"]  # the root is no unit
+
+
+def test_the_split_packages_are_digested_file_by_file():
+    import hashlib
+
+    root = Path(V.__file__).parent
+    for pkg, some_file in (("scorers", "stage.py"), ("finetune", "train.py")):
+        modules = {f"asd_lib.{pkg}." + p.stem for p in (root / pkg).glob("*.py") if p.stem != "__init__"}
+        d = V.code_digest(f"from asd_lib import {pkg}")
+        assert modules | {f"asd_lib.{pkg}"} <= set(d), pkg
+        path = root / pkg / some_file
+        assert d[f"asd_lib.{pkg}.{path.stem}"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert "asd_lib.finetune" not in V.module_closure("from asd_lib import scorers")

@@ -9,7 +9,7 @@ from sklearn.base import clone
 from sklearn.pipeline import make_pipeline
 
 from asd_lib import scorers as S
-from asd_lib.ae import reconstruction_mse
+from asd_lib.scorers.ae_network import reconstruction_mse
 from asd_lib.scorers import AAUPreprocess, AEScorer, GMMScorer, KNNScorer, LDNScorer
 
 GROUPS = ("g0_separated", "g1_target_near_source")
@@ -333,7 +333,7 @@ def _fitted_kind(kind: str):
     rng = np.random.default_rng(11)
     X, Y = rng.standard_normal((70, 12)), rng.standard_normal((15, 12))
     dom = np.array(["source"] * 60 + ["target"] * 10)
-    return S._fit(S.make_scorer(sid, preprocess=pre, **params), X, dom), Y
+    return S.fit_scorer(S.make_scorer(sid, preprocess=pre, **params), X, dom), Y
 
 
 def _assert_same_state(a, b, where="est"):
@@ -373,9 +373,9 @@ def test_stored_scorer_loads_identical(kind, tmp_path):
     back = load_scorer(tmp_path / "scorer")
     _assert_same_state(est, back)
     np.testing.assert_array_equal(back.decision_function(Y), est.decision_function(Y))
-    final = S._final(back)
+    final = S.final_step(back)
     if hasattr(final, "loo_decision_function"):
-        np.testing.assert_array_equal(final.loo_decision_function(), S._final(est).loo_decision_function())
+        np.testing.assert_array_equal(final.loo_decision_function(), S.final_step(est).loo_decision_function())
 
 
 def test_stored_ae_weights_held_as_tensors_come_back_as_numpy(tmp_path):
