@@ -14,6 +14,16 @@ results_dir = 'results/smoke'       # everything a run writes (docs/design.md la
 figures_dir = 'results/smoke/figures'  # save_fig writes <id>.png and <id>.pdf here
 seed = 0                            # one seed for training, scorers and splits (--seeds N adds 0..N-1)
 
+# %% tags=["injected-parameters", "nbval-skip"]
+# Parameters
+data_root = "results/synth/small_seed0"
+synth_preset = "small"
+synth_seed = 0
+regime = "dev"
+results_dir = "results"
+figures_dir = "figures"
+seed = 0
+
 # %%
 from pathlib import Path
 

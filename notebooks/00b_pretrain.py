@@ -20,6 +20,20 @@ sslam_recipe = 'aau'                # aau (authors: no mean removal, /std, no pa
 pretrain_steps = 10                 # steps of the short pre-training run the notebook makes itself (0: none; the shipped runs: checkpoints/manifest.json)
 pretrain_corpus_clips = 64          # clips of the synthetic pre-training corpus for that run
 
+# %% tags=["injected-parameters", "nbval-skip"]
+# Parameters
+data_root = "results/synth/small_seed0"
+synth_preset = "small"
+synth_seed = 0
+results_dir = "results"
+figures_dir = "figures"
+seed = 0
+beats_checkpoint = "checkpoints/beats_kit.pt"
+sslam_checkpoint = "checkpoints/sslam_kit.pt"
+sslam_recipe = "aau"
+pretrain_steps = 100
+pretrain_corpus_clips = 512
+
 # %%
 import json
 

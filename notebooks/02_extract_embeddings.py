@@ -21,6 +21,24 @@ channel = 'ch0'                     # scoring embedding from ch0 (near mic) | ch
 pooling = 'gem'                     # L2-normalised tokens, GeM with p 3 | mean | cls
 embed_batch_size = 16               # clips per forward pass when extracting
 
+# %% tags=["injected-parameters", "nbval-skip"]
+# Parameters
+data_root = "results/synth/small_seed0"
+synth_preset = "small"
+synth_seed = 0
+regime = "dev"
+results_dir = "results"
+figures_dir = "figures"
+seed = 0
+device = "cpu"
+ensemble = ["beats@107", "beats@204", "sslam@100"]
+epoch_scale = 0.1
+epoch_selection = "fixed"
+sslam_recipe = "aau"
+channel = "ch0"
+pooling = "gem"
+embed_batch_size = 16
+
 # %%
 import numpy as np
 import pandas as pd

@@ -17,6 +17,20 @@ preprocess = 'aau'                  # aau (quantile transform + thresholding for
 calibration = 'holdout'             # online calibration scores: holdout (authors: fit on the rest, score 195 source + 5 target of 1,000) | loo (KNN/LDN leave-one-out; GMM/AE stay held-out)
 knn_k = 6                           # KNN neighbours; the score is the distance to the k-th (max pooling)
 
+# %% tags=["injected-parameters", "nbval-skip"]
+# Parameters
+regime = "dev"
+results_dir = "results"
+figures_dir = "figures"
+seed = 0
+ensemble = ["beats@107", "beats@204", "sslam@100"]
+epoch_scale = 0.1
+epoch_selection = "fixed"
+channel = "ch0"
+preprocess = "aau"
+calibration = "holdout"
+knn_k = 6
+
 # %%
 import numpy as np
 import pandas as pd

@@ -21,6 +21,24 @@ ae_patience = 5                     # AE early-stopping patience (epochs without
 ae_lr = 0.001                       # AE AdamW learning rate
 ae_batch_size = 64                  # AE batch size
 
+# %% tags=["injected-parameters", "nbval-skip"]
+# Parameters
+regime = "dev"
+results_dir = "results"
+figures_dir = "figures"
+seed = 0
+ensemble = ["beats@107", "beats@204", "sslam@100"]
+epoch_scale = 0.1
+epoch_selection = "fixed"
+channel = "ch0"
+preprocess = "aau"
+calibration = "holdout"
+ae_bottleneck = 32
+ae_epochs = 20
+ae_patience = 5
+ae_lr = 0.001
+ae_batch_size = 64
+
 # %%
 import numpy as np
 

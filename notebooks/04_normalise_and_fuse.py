@@ -26,6 +26,28 @@ team = 'Lastname_Institute'         # <Lastname>_<Institute> of the submitting t
 submission_index = 1                # this system's number among the team's submissions (1-4): label <team>_task2_<index>
 eval_ground_truth = ''              # the organisers' ground-truth folder for the evaluation set; empty: <data_root>/ground_truth when it exists
 
+# %% tags=["injected-parameters", "nbval-skip"]
+# Parameters
+system = "dev_offline"
+regime = "dev"
+results_dir = "results"
+figures_dir = "figures"
+seed = 0
+ensemble = ["beats@107", "beats@204", "sslam@100"]
+epoch_scale = 0.1
+epoch_selection = "fixed"
+channel = "ch0"
+fusion_mode = "offline"
+scorers = ["knn", "gmm", "ae", "ldn"]
+fusion_pool = "min"
+online_normalisation = "pooled"
+online_decision = "calibration"
+decision_quantile = 0.9
+data_root = "results/synth/small_seed0"
+team = "Lastname_Institute"
+submission_index = 1
+eval_ground_truth = ""
+
 # %%
 import json
 from pathlib import Path

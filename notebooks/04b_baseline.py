@@ -14,6 +14,17 @@ seed = 0                            # one seed for training, scorers and splits 
 baseline_epochs = 2                 # the organisers' autoencoder: epochs
 baseline_batch_size = 256           # its batch size
 
+# %% tags=["injected-parameters", "nbval-skip"]
+# Parameters
+data_root = "results/synth/small_seed0"
+synth_preset = "small"
+synth_seed = 0
+results_dir = "results"
+figures_dir = "figures"
+seed = 0
+baseline_epochs = 100
+baseline_batch_size = 256
+
 # %%
 
 import numpy as np

@@ -11,6 +11,14 @@ seed = 0                            # one seed for training, scorers and splits 
 data_root = 'results/synth/tiny_seed0'  # the organisers' download: dev_data/raw/<machine>/..., eval_data/raw/<machine>/...
 eval_ground_truth = ''              # the organisers' ground-truth folder for the evaluation set; empty: <data_root>/ground_truth when it exists
 
+# %% tags=["injected-parameters", "nbval-skip"]
+# Parameters
+results_dir = "results"
+figures_dir = "figures"
+seed = 0
+data_root = "results/synth/small_seed0"
+eval_ground_truth = ""
+
 # %%
 from pathlib import Path
 

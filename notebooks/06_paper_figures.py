@@ -17,6 +17,20 @@ channel = 'ch0'                     # scoring embedding from ch0 (near mic) | ch
 fusion_mode = 'offline'             # offline (rank / n) | online (z-score with held-out calibration constants)
 scorers = ['knn', 'gmm', 'ae', 'ldn']  # scorers fused (online drops gmm)
 
+# %% tags=["injected-parameters", "nbval-skip"]
+# Parameters
+system = "dev_offline"
+regime = "dev"
+results_dir = "results"
+figures_dir = "figures"
+seed = 0
+ensemble = ["beats@107", "beats@204", "sslam@100"]
+epoch_scale = 0.1
+epoch_selection = "fixed"
+channel = "ch0"
+fusion_mode = "offline"
+scorers = ["knn", "gmm", "ae", "ldn"]
+
 # %%
 from pathlib import Path
 
