@@ -257,6 +257,22 @@ def create_from_twin(text_file: Path, notebook: Path) -> None:
     write_pair(notebook, json.loads(json.dumps(nb)))
 
 
+def write_parameters_cell(path: Path) -> bool:
+    """Rewrite a notebook's tagged ``parameters`` cell from params/ (``params.smoke_parameters_cell``: its names, the
+    smoke values, base.yaml's comments), and its twin; nothing else changes. True when the cell changed."""
+    from asd_lib import params as P
+
+    nb = json.loads(path.read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    text = P.smoke_parameters_cell(path)
+    old = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    if old.rstrip() == text:
+        return False
+    cell["source"] = text
+    write_pair(path, nb)
+    return True
+
+
 def _skipped(p: Path) -> bool:
     return p.name.startswith("_") or ".ipynb_checkpoints" in p.parts
 
@@ -297,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     """Clean notebooks and sync their twins in place, or with --check report what would change (exit 1)."""
     ap = argparse.ArgumentParser(prog="python -m asd_lib.nbclean", description=__doc__.split("\n\n")[0])
     ap.add_argument("paths", nargs="+", help="notebooks, their .py twins, or folders of notebooks")
+    ap.add_argument("--parameters", action="store_true",
+                    help="only rewrite each notebook's parameters cell from params/*.yaml (the smoke values, "
+                         "base.yaml's comments) and its twin, then stop")
     ap.add_argument("--check", action="store_true",
                     help="change nothing; exit 1 if a notebook would change or a pair is out of sync")
     args = ap.parse_args(argv)
@@ -305,6 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.parameters:
+        for f in files:
+            if write_parameters_cell(f):
+                print(f"rewrote the parameters cell: {f} (refresh its outputs: make demo, make notebooks)")
+        return 0
     changes: list[str] = []
     errors: list[str] = []
     for f in files:

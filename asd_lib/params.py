@@ -166,6 +166,34 @@ def load(system: str | None, overlays: Iterable[str | Path] = (), params_dir: Pa
 # notebooks' parameters cells
 
 
+def yaml_comments(path: str | Path) -> dict[str, str]:
+    """The comment after each top-level ``key: value`` line of a parameters file (base.yaml documents every key)."""
+    out: dict[str, str] = {}
+    for line in Path(path).read_text().splitlines():
+        key, sep, rest = line.partition(":")
+        if sep and key.isidentifier() and "  #" in rest:
+            out[key] = rest.split("  #", 1)[1].strip().removeprefix("# ").strip()
+    return out
+
+
+def parameters_cell(names: Iterable[str], values: Mapping[str, Any], comments: Mapping[str, str]) -> str:
+    """A notebook's parameters cell: one ``name = literal  # comment`` line per name, comments aligned."""
+    lines = []
+    for name in names:
+        lhs = f"{name} = {values[name]!r}"
+        lines.append(f"{lhs.ljust(34)}  # {comments.get(name, '')}".rstrip())
+    return "\n".join(lines)
+
+
+def smoke_parameters_cell(path: str | Path) -> str:
+    """What a notebook's parameters cell must hold: its declared names, in its order, at the smoke configuration's
+    values (params/smoke.yaml over base.yaml and dev_offline.yaml) with base.yaml's comments. ``asd-params
+    --write-cells`` writes it; tests/test_notebooks.py checks every notebook holds it."""
+    smoke = load("dev_offline", [PARAMS_DIR / "smoke.yaml"]).values
+    return parameters_cell(notebook_parameters(path), smoke, yaml_comments(PARAMS_DIR / "base.yaml"))
+
+
+
 def _parameters_cell(nb: Mapping[str, Any], where: str) -> str:
     cells = [c for c in nb.get("cells", []) if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:

@@ -69,6 +69,27 @@ def test_parameters_cell_is_plain_literals_matching_the_smoke_config(path: Path)
     cell = next(c for c in _nb(path)["cells"] if "parameters" in c["metadata"].get("tags", []))
     for line in _src(cell).splitlines():
         assert "#" in line, f"{path.name}: parameter line without a comment: {line!r}"
+    assert _src(cell) == P.smoke_parameters_cell(path), \
+        f"{path.name}: parameters cell differs from params/*.yaml; rewrite it: python -m asd_lib.nbclean --parameters notebooks/"
+
+
+def test_the_parameters_cell_tool_rewrites_that_cell_alone(tmp_path: Path):
+    import shutil
+
+    (tmp_path / "notebooks").mkdir()
+    for f in ("03a_score_knn.ipynb", "03a_score_knn.py", "jupytext.toml"):
+        shutil.copy(NB_DIR / f, tmp_path / "notebooks" / f)
+    path = tmp_path / "notebooks" / "03a_score_knn.ipynb"
+    nb = _nb(path)
+    i = next(k for k, c in enumerate(nb["cells"]) if "parameters" in c["metadata"].get("tags", []))
+    nb["cells"][i]["source"] = _src(nb["cells"][i]).replace("knn_k = 6", "knn_k = 3").replace("# dev | devadd", "# old")
+    path.write_text(json.dumps(nb))
+    assert nbclean.main(["--parameters", str(path)]) == 0
+    fixed = _nb(path)
+    assert _src(fixed["cells"][i]) == P.smoke_parameters_cell(NB_DIR / path.name)
+    assert [_src(c) for k, c in enumerate(fixed["cells"]) if k != i] == [_src(c) for k, c in enumerate(nb["cells"]) if k != i]
+    assert [c.get("outputs") for c in fixed["cells"]] == [c.get("outputs") for c in nb["cells"]]
+    assert nbclean.main(["--check", str(path)]) == 0  # the twin follows
 
 
 @pytest.mark.parametrize("overlay", [None, *OVERLAYS], ids=lambda p: "none" if p is None else p.stem)
