@@ -22,6 +22,7 @@ works on one head of one clip at a time, so that the (L, L) scores stay in cache
 from __future__ import annotations
 
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -110,8 +111,12 @@ class _GradScale(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
-# Train-time attention on the CPU through ``GatedBiasAttention`` (False: SDPA everywhere, e.g. to compare the two).
-CHUNKED_CPU_ATTENTION = True
+# Train-time attention on the CPU through ``GatedBiasAttention`` (False: SDPA everywhere). An option for now
+# (ASD_KIT_CHUNKED_ATTENTION=1; benchmarks/report.py --chunked-attention): it is faster (a BEATs-base fine-tuning step
+# 10.9 s instead of 15.2 s on the 2-core machine) and computes the same function, but its dropout draws another random
+# stream than torch's, so training with it does not repeat the demo's numbers or the shipped checkpoints bit for bit.
+# It becomes the default once those are measured again with it.
+CHUNKED_CPU_ATTENTION = os.environ.get("ASD_KIT_CHUNKED_ATTENTION") == "1"
 # Largest chunk of the CPU training attention, in (L, L) entries: one head of one 10 s clip (496^2 fp32 ~ 1 MB),
 # so that a chunk's scores, probabilities and keep-mask stay near the core between the operations that touch them
 # (4 heads per chunk measured 1.8x slower per layer on the 2-core EPYC than 1 head).
