@@ -501,3 +501,122 @@ def test_beats_trains_after_an_inference_pass():
     with torch.enable_grad():  # this module's autouse fixture runs every test under no_grad
         enc.extract_features(wave).mean().backward()
     assert enc.encoder.layers[-1].fc2.weight.grad is not None
+
+
+# ------------------------------------------------------------------------------------------- CPU training attention
+def _math_attention(q, k, v, gate, bias, keep_mask=None, p=0.0):
+    """Plain softmax(q k^T / sqrt(hd) + gate * bias) [dropout with the given keep-mask] @ v."""
+    probs = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5 + gate * bias, -1)
+    if keep_mask is not None:
+        probs = probs * keep_mask / (1.0 - p)
+    return probs @ v
+
+
+def _attention_inputs(b=2, h=3, n=17, hd=8, dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, h, n, hd, generator=gen, dtype=dtype) for _ in range(3))
+    gate = 1.0 + torch.rand(b, h, n, 1, generator=gen, dtype=dtype)
+    bias = torch.randn(h, n, n, generator=gen, dtype=dtype)
+    return [t.requires_grad_() for t in (q, k, v, gate, bias)]
+
+
+@pytest.mark.parametrize("chunk", [1, 17 * 17 * 2, 1 << 20])  # one head, two heads (3 = 2 + 1), all heads per chunk
+def test_gated_bias_attention_matches_math(chunk, monkeypatch):
+    from asd_lib.backbones import beats
+
+    monkeypatch.setattr(beats, "ATTN_CHUNK_ELEMENTS", chunk)
+    args = _attention_inputs()
+    with torch.enable_grad():
+        assert torch.autograd.gradcheck(lambda *a: beats.GatedBiasAttention.apply(*a, 0.0), args)
+        out = beats.GatedBiasAttention.apply(*args, 0.0)
+        ref = _math_attention(*args)
+        go = torch.randn_like(out)
+        got = torch.autograd.grad(out, args, go)
+        want = torch.autograd.grad(ref, args, go)
+    assert torch.allclose(out, ref, rtol=0, atol=1e-10)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10)
+
+
+def test_gated_bias_attention_dropout():
+    from asd_lib.backbones.beats import GatedBiasAttention
+
+    p = 0.1
+    args = _attention_inputs(b=2, h=3, n=64, hd=8)
+    with torch.enable_grad():
+        torch.manual_seed(5)
+        out = GatedBiasAttention.apply(*args, p)
+        keep = out.grad_fn.saved_tensors[-1]  # the bool keep-mask the backward pass uses
+        torch.manual_seed(5)
+        again = GatedBiasAttention.apply(*args, p)
+        torch.manual_seed(6)
+        other = GatedBiasAttention.apply(*args, p)
+        ref = _math_attention(*args, keep_mask=keep, p=p)
+        go = torch.randn_like(out)
+        got = torch.autograd.grad(out, args, go)
+        want = torch.autograd.grad(ref, args, go)
+    assert torch.equal(out, again) and not torch.equal(out, other)  # deterministic for a fixed torch seed
+    assert keep.dtype == torch.bool and keep.shape == (2, 3, 64, 64)
+    assert abs((~keep).float().mean().item() - p) < 0.01  # 24,576 draws: 5 standard deviations
+    assert torch.allclose(out, ref, rtol=0, atol=1e-10)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10)
+
+
+def test_beats_train_attention_matches_sdpa(monkeypatch):
+    """Train mode without dropout: the chunked CPU attention gives the loss and gradients of the SDPA path."""
+    from asd_lib.backbones import beats
+
+    enc = load_backbone("beats-tiny", encoder_layerdrop=0.0, dropout=0.0, attention_dropout=0.0,
+                        dropout_input=0.0).train()
+    gen = torch.Generator().manual_seed(1)
+    fb = torch.randn(2, 48, 128, generator=gen)
+    weights = torch.randn(2, 24, enc.embed_dim, generator=gen)  # a loss that depends on every token and channel
+    calls = []
+    apply = beats.GatedBiasAttention.apply
+    monkeypatch.setattr(beats.GatedBiasAttention, "apply", lambda *a: calls.append(1) or apply(*a))
+    results = []
+    for chunked in (True, False):
+        monkeypatch.setattr(beats, "CHUNKED_CPU_ATTENTION", chunked)
+        enc.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            loss = (enc.forward_fbank(fb) * weights).mean()
+            loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}))
+    assert len(calls) == 3  # one per layer, in the chunked pass only
+    (loss_new, grads_new), (loss_old, grads_old) = results
+    assert torch.allclose(loss_new, loss_old, rtol=1e-5, atol=1e-6)
+    assert grads_new.keys() == grads_old.keys()
+    assert "encoder.layers.0.self_attn.relative_attention_bias.weight" in grads_new
+    for name, g in grads_new.items():
+        ref = grads_old[name]  # (k_proj.bias gets ~0: softmax ignores a per-query shift of the logits)
+        assert (g - ref).abs().max() <= 1e-5 * ref.abs().max() + 1e-10, name
+
+
+def test_gated_bias_attention_same_on_threads_and_chunks(monkeypatch):
+    """The worker threads and the chunk size change neither the keep-mask nor (beyond round-off) the results."""
+    from asd_lib.backbones import beats
+
+    args = _attention_inputs(b=2, h=4, n=33, hd=8)
+    go = torch.randn(2, 4, 33, 8, dtype=torch.float64)
+    runs = []
+    old = torch.get_num_threads()
+    try:
+        for threads, chunk in ((1, 1 << 18), (2, 1 << 18), (2, 33 * 33 * 2), (2, 1)):
+            torch.set_num_threads(threads)
+            monkeypatch.setattr(beats, "ATTN_CHUNK_ELEMENTS", chunk)
+            torch.manual_seed(3)
+            with torch.enable_grad():
+                out = beats.GatedBiasAttention.apply(*args, 0.2)
+                keep = out.grad_fn.saved_tensors[-1]
+                grads = torch.autograd.grad(out, args, go)
+            assert torch.get_num_threads() == threads  # put back after the workers
+            runs.append((keep, out, grads))
+    finally:
+        torch.set_num_threads(old)
+    keep0, out0, grads0 = runs[0]
+    for keep, out, grads in runs[1:]:
+        assert torch.equal(keep, keep0)
+        assert torch.allclose(out, out0, rtol=0, atol=1e-12)
+        for a, b in zip(grads, grads0):
+            assert torch.allclose(a, b, rtol=0, atol=1e-12)

@@ -15,16 +15,23 @@ Facts used (from the BEATs paper and the structure of the official unilm checkpo
   alpha = (2 * layers) ** 0.25: x = LN1(alpha * x + attn(x)); x = LN2(alpha * x + fc2(gelu(fc1(x)))). No final norm.
 - fine-tuned files: probs = sigmoid(mean over tokens of predictor(x)).
 
-Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` with the gated bias as a float mask.
+Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` with the gated bias as a float mask,
+except when training on the CPU: there ``GatedBiasAttention`` (below) takes the gate and the ungated bias apart and
+works on one head of one clip at a time, so that the (L, L) scores stay in cache from the logits to the dropout.
 """
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from .base import Encoder, UnsupportedConfigError
 
@@ -104,6 +111,168 @@ class _GradScale(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
+# Train-time attention on the CPU through ``GatedBiasAttention`` (False: SDPA everywhere). An option for now
+# (ASD_KIT_CHUNKED_ATTENTION=1; benchmarks/report.py --chunked-attention): it is faster (a BEATs-base fine-tuning step
+# 10.9 s instead of 15.2 s on the 2-core machine) and computes the same function, but its dropout draws another random
+# stream than torch's, so training with it does not repeat the demo's numbers or the shipped checkpoints bit for bit.
+# It becomes the default once those are measured again with it.
+CHUNKED_CPU_ATTENTION = os.environ.get("ASD_KIT_CHUNKED_ATTENTION") == "1"
+# Largest chunk of the CPU training attention, in (L, L) entries: one head of one 10 s clip (496^2 fp32 ~ 1 MB),
+# so that a chunk's scores, probabilities and keep-mask stay near the core between the operations that touch them
+# (4 heads per chunk measured 1.8x slower per layer on the 2-core EPYC than 1 head).
+ATTN_CHUNK_ELEMENTS = 1 << 18
+
+
+_OPENMP = "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
+def _head_pieces(heads: int, length: int, workers: int) -> list[list[tuple[int, int]]]:
+    """Per worker, its (h0, h1) head ranges: a contiguous share of the heads cut into chunks of equal size."""
+    step = max(1, ATTN_CHUNK_ELEMENTS // (length * length))
+    out = []
+    for w in range(workers):
+        a, b = heads * w // workers, heads * (w + 1) // workers
+        k = -(-(b - a) // step)  # chunks in this share
+        out.append([(a + (b - a) * j // k, a + (b - a) * (j + 1) // k) for j in range(k)] if b > a else [])
+    return out
+
+
+def _on_workers(job, heads: int, length: int) -> None:
+    """Run ``job(pieces)`` on one Python thread per torch thread, each with single-threaded torch operations.
+
+    The chunks are small (about 50 us an operation), and an operation spread over the threads waits for all of them
+    at its end: on a shared machine, where one of the threads is often off its core, those waits dominated. Whole
+    chunks per thread need no waiting until the last one is done. torch's thread count is set to 1 meanwhile (it is
+    process-wide for MKL) and put back afterwards. One thread (torch's own threads) under a dispatch mode such as
+    ``FlopCounterMode``, which sees only its own thread's operations, or without the OpenMP backend, where the thread
+    count cannot be changed once set.
+    """
+    before = torch.get_num_threads()
+    workers = min(before, heads)
+    if workers <= 1 or not _OPENMP or is_in_torch_dispatch_mode():
+        job(_head_pieces(heads, length, 1)[0])
+        return
+    pieces = _head_pieces(heads, length, workers)
+
+    def run(mine):
+        torch.set_num_threads(1)  # this thread's OpenMP setting, and MKL's
+        with torch.no_grad():  # grad mode is per thread; the job writes into out= tensors
+            job(mine)
+
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            for f in [pool.submit(run, mine) for mine in pieces]:
+                f.result()
+    finally:
+        torch.set_num_threads(before)
+
+
+class _KeepMask:
+    """Dropout keep-masks from one PCG64 stream, laid out like the (B, H, L, L) probabilities: head (i, j) reads
+    the ``slot`` 64-bit draws that start at draw (i * H + j) * slot, so the mask does not depend on the chunking
+    or on the number of threads. numpy gives raw bits at about a fifth of the cost of ``bernoulli_`` here."""
+
+    def __init__(self, seed: int, p: float, heads: int, length: int) -> None:
+        self.rng, self.pos = np.random.PCG64(seed), 0
+        self.heads, self.length = heads, length
+        self.slot = (length * length + 1) // 2  # two int32 draws per 64 bits
+        # P(int32 bits < threshold) = 1 - p, to 2^-32; a 0-d int32 tensor keeps ``lt`` on torch's vectorised path
+        # (a Python int would promote the comparison and fall off it)
+        keep = min(round((1.0 - p) * 2 ** 32), 2 ** 32 - 1)
+        self.threshold = torch.tensor(keep - 2 ** 31, dtype=torch.int32)
+
+    def fill(self, i: int, h0: int, h1: int, out: torch.Tensor) -> torch.Tensor:
+        """Keep-mask of heads h0:h1 of clip i into the bool tensor ``out`` (h1 - h0, L, L)."""
+        start = (i * self.heads + h0) * self.slot
+        self.rng.advance(start - self.pos)  # a negative step goes back: PCG64 counts modulo its period
+        raw = self.rng.random_raw((h1 - h0) * self.slot)
+        self.pos = start + raw.size
+        bits = torch.from_numpy(raw.view(np.int32).reshape(h1 - h0, -1)[:, :self.length ** 2])
+        return torch.lt(bits.view(out.shape), self.threshold, out=out)
+
+
+class GatedBiasAttention(torch.autograd.Function):
+    """softmax(q k^T / sqrt(hd) + gate * bias) with dropout on the probabilities, then @ v; chunked for the CPU.
+
+    q, k, v (B, H, L, hd); gate (B, H, L, 1); bias (H, L, L) ungated and shared by the batch; p the dropout rate.
+    The unfused math path of SDPA (which torch takes for a mask that needs a gradient, or for dropout) builds and
+    re-reads several (B, H, L, L) tensors per layer. Here each chunk (heads of one clip, ``ATTN_CHUNK_ELEMENTS``) is
+    computed while in cache; only the probabilities and the keep-mask (bool) are written out, for the backward pass
+    (keeping them costs one write and one read; recomputing q k^T instead would cost a fifth more attention GEMMs).
+    The chunks are shared out over worker threads (``_on_workers``).
+    Dropout keeps an entry with probability 1 - p and scales the kept ones by 1 / (1 - p), as torch's dropout; its
+    random bits come from a numpy PCG64 stream seeded from torch's default generator (deterministic for a fixed
+    torch seed, though not the stream ``F.dropout`` would draw).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, gate, bias, p: float):  # type: ignore[override]
+        b, h, n, hd = q.shape
+        scale, keep = 1.0 / math.sqrt(hd), 1.0 - p
+        probs = q.new_empty((b, h, n, n))
+        mask = torch.empty((b, h, n, n), dtype=torch.bool, device=q.device) if p > 0 else None
+        seed = int(torch.randint(0, 2 ** 62, (), dtype=torch.int64).item()) if p > 0 else 0
+        out = q.new_empty((b, h, n, hd))
+
+        def job(pieces):
+            draws = _KeepMask(seed, p, h, n) if mask is not None else None
+            scores = q.new_empty((max((h1 - h0 for h0, h1 in pieces), default=0), n, n))
+            for h0, h1 in pieces:  # heads outer: the chunk's bias stays in cache over the batch
+                s = scores[:h1 - h0]
+                for i in range(b):
+                    torch.mul(gate[i, h0:h1], bias[h0:h1], out=s)
+                    # out= rather than baddbmm_: FlopCounterMode counts baddbmm, not its in-place twin
+                    torch.baddbmm(s, q[i, h0:h1], k[i, h0:h1].transpose(1, 2), alpha=scale, out=s)
+                    pr = torch.softmax(s, -1, out=probs[i, h0:h1])
+                    if draws is not None:
+                        m = draws.fill(i, h0, h1, mask[i, h0:h1])
+                        pr = torch.mul(pr, m.view(torch.uint8), out=s)  # u8, not bool: stays vectorised
+                    torch.bmm(pr, v[i, h0:h1], out=out[i, h0:h1])
+
+        _on_workers(job, h, n)
+        if p > 0:
+            out.mul_(1.0 / keep)  # dropout's scale on the (L, hd) rows rather than the (L, L) probabilities
+        ctx.p = p
+        ctx.save_for_backward(q, k, v, gate, bias, out, probs, mask)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # type: ignore[override]
+        q, k, v, gate, bias, out, probs, mask = ctx.saved_tensors
+        b, h, n, hd = q.shape
+        p, scale = ctx.p, 1.0 / math.sqrt(hd)
+        want_gate, want_bias = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
+        # dS = P * (dP - rowsum(dO * O)), dP the gradient of the probabilities before dropout
+        go = grad_out.contiguous() * (1.0 / (1.0 - p)) if p > 0 else grad_out.contiguous()
+        row = (grad_out * out).sum(-1, keepdim=True)  # (B, H, L, 1)
+        dq, dk, dv = torch.empty_like(out), torch.empty_like(out), torch.empty_like(out)
+        dgate = torch.empty_like(gate) if want_gate else None
+        dbias = torch.zeros_like(bias) if want_bias else None
+
+        def job(pieces):
+            most = max((h1 - h0 for h0, h1 in pieces), default=0)
+            work = q.new_empty((2, most, n, n))
+            for h0, h1 in pieces:
+                kept, ds = work[0, :h1 - h0], work[1, :h1 - h0]
+                for i in range(b):
+                    pr = probs[i, h0:h1]
+                    pk = pr if mask is None else torch.mul(pr, mask[i, h0:h1].view(torch.uint8), out=kept)
+                    torch.bmm(pk.transpose(1, 2), go[i, h0:h1], out=dv[i, h0:h1])
+                    torch.bmm(go[i, h0:h1], v[i, h0:h1].transpose(1, 2), out=ds)  # dP of kept entries / keep
+                    ds.mul_(pk).addcmul_(pr, row[i, h0:h1], value=-1.0)  # dS = P m dP' - P rowsum
+                    torch.bmm(ds, k[i, h0:h1], out=dq[i, h0:h1])
+                    torch.bmm(ds.transpose(1, 2), q[i, h0:h1], out=dk[i, h0:h1])
+                    if dgate is not None:
+                        torch.linalg.vecdot(ds, bias[h0:h1], dim=-1, out=dgate[i, h0:h1, :, 0])
+                    if dbias is not None:
+                        dbias[h0:h1].addcmul_(ds, gate[i, h0:h1])  # summed over the batch while in cache
+
+        _on_workers(job, h, n)
+        return dq.mul_(scale), dk.mul_(scale), dv, dgate, dbias, None
+
+
 class WeightNormConv1d(nn.Module):
     """Grouped Conv1d with weight norm stored as ``weight_g`` (1, 1, K) and ``weight_v`` (C, C/groups, K)."""
 
@@ -171,6 +340,14 @@ class BEATsAttention(nn.Module):
         g = torch.sigmoid(self.grep_linear(q).view(b, h, n, 2, 4).sum(-1))  # (B, H, L, 2)
         gate = g[..., :1] * (g[..., 1:] * self.grep_a - 1.0) + 2.0  # (B, H, L, 1)
         gate, pos_bias = gate.to(q.dtype), pos_bias.to(q.dtype)  # SDPA wants the mask in q's dtype (autocast)
+        p = self.dropout if self.training else 0.0
+        if (CHUNKED_CPU_ATTENTION and torch.is_grad_enabled() and q.device.type == "cpu" and p < 1.0
+                and q.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled("cpu")
+                and (q.requires_grad or pos_bias.requires_grad)):
+            # training on the CPU: SDPA would take its unfused math path (a mask with a gradient, dropout), which
+            # streams several (B, H, L, L) tensors through memory; CUDA, bf16 autocast and inference keep SDPA
+            out = GatedBiasAttention.apply(q, k, v, gate, pos_bias, p)
+            return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
         if torch.is_grad_enabled() or workspace is None:
             mask = gate * pos_bias  # (B, H, L, L) float bias added to the logits
         else:  # inference: one buffer for all layers (fresh 100 MB tensors cost page faults on CPU)
@@ -178,8 +355,7 @@ class BEATsAttention(nn.Module):
             if buf is None or buf.shape != (b, h, n, n) or buf.dtype != q.dtype:
                 buf = workspace["mask"] = torch.empty((b, h, n, n), dtype=q.dtype, device=q.device)
             mask = torch.mul(gate, pos_bias, out=buf)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
 
 
