@@ -15,14 +15,11 @@ figures_dir = 'results/smoke/figures'  # save_fig writes <id>.png and <id>.pdf h
 seed = 0                            # one seed for training, scorers and splits (--seeds N adds 0..N-1)
 
 # %% tags=["injected-parameters", "nbval-skip"]
-# Parameters
-data_root = "results/synth/small_seed0"
-synth_preset = "small"
-synth_seed = 0
-regime = "dev"
-results_dir = "results"
-figures_dir = "figures"
-seed = 0
+# The demo run's values where they differ from the cell above (CI skips this cell; delete it for the quick run)
+data_root = 'results/synth/small_seed0'
+synth_preset = 'small'
+results_dir = 'results'
+figures_dir = 'figures'
 
 # %%
 from pathlib import Path

@@ -21,16 +21,11 @@ pretrain_steps = 10                 # steps of the short pre-training run the no
 pretrain_corpus_clips = 64          # clips of the synthetic pre-training corpus for that run
 
 # %% tags=["injected-parameters", "nbval-skip"]
-# Parameters
-data_root = "results/synth/small_seed0"
-synth_preset = "small"
-synth_seed = 0
-results_dir = "results"
-figures_dir = "figures"
-seed = 0
-beats_checkpoint = "checkpoints/beats_kit.pt"
-sslam_checkpoint = "checkpoints/sslam_kit.pt"
-sslam_recipe = "aau"
+# The demo run's values where they differ from the cell above (CI skips this cell; delete it for the quick run)
+data_root = 'results/synth/small_seed0'
+synth_preset = 'small'
+results_dir = 'results'
+figures_dir = 'figures'
 pretrain_steps = 100
 pretrain_corpus_clips = 512
 

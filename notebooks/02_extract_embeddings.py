@@ -22,22 +22,12 @@ pooling = 'gem'                     # L2-normalised tokens, GeM with p 3 | mean 
 embed_batch_size = 16               # clips per forward pass when extracting
 
 # %% tags=["injected-parameters", "nbval-skip"]
-# Parameters
-data_root = "results/synth/small_seed0"
-synth_preset = "small"
-synth_seed = 0
-regime = "dev"
-results_dir = "results"
-figures_dir = "figures"
-seed = 0
-device = "cpu"
-ensemble = ["beats@107", "beats@204", "sslam@100"]
+# The demo run's values where they differ from the cell above (CI skips this cell; delete it for the quick run)
+data_root = 'results/synth/small_seed0'
+synth_preset = 'small'
+results_dir = 'results'
+figures_dir = 'figures'
 epoch_scale = 0.1
-epoch_selection = "fixed"
-sslam_recipe = "aau"
-channel = "ch0"
-pooling = "gem"
-embed_batch_size = 16
 
 # %%
 import numpy as np

@@ -18,18 +18,10 @@ calibration = 'holdout'             # online calibration scores: holdout (author
 knn_k = 6                           # KNN neighbours; the score is the distance to the k-th (max pooling)
 
 # %% tags=["injected-parameters", "nbval-skip"]
-# Parameters
-regime = "dev"
-results_dir = "results"
-figures_dir = "figures"
-seed = 0
-ensemble = ["beats@107", "beats@204", "sslam@100"]
+# The demo run's values where they differ from the cell above (CI skips this cell; delete it for the quick run)
+results_dir = 'results'
+figures_dir = 'figures'
 epoch_scale = 0.1
-epoch_selection = "fixed"
-channel = "ch0"
-preprocess = "aau"
-calibration = "holdout"
-knn_k = 6
 
 # %%
 import numpy as np

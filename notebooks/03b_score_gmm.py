@@ -19,19 +19,10 @@ gmm_components = 6                  # GMM components (diagonal covariance)
 gmm_variant = 'kit'                 # kit (authors' offline GMM on the preprocessed embeddings) | aau-online (their optional online GMM: 1 component, raw embeddings; aau-constants fit only it)
 
 # %% tags=["injected-parameters", "nbval-skip"]
-# Parameters
-regime = "dev"
-results_dir = "results"
-figures_dir = "figures"
-seed = 0
-ensemble = ["beats@107", "beats@204", "sslam@100"]
+# The demo run's values where they differ from the cell above (CI skips this cell; delete it for the quick run)
+results_dir = 'results'
+figures_dir = 'figures'
 epoch_scale = 0.1
-epoch_selection = "fixed"
-channel = "ch0"
-preprocess = "aau"
-calibration = "holdout"
-gmm_components = 6
-gmm_variant = "kit"
 
 # %%
 import numpy as np

@@ -22,22 +22,11 @@ ae_lr = 0.001                       # AE AdamW learning rate
 ae_batch_size = 64                  # AE batch size
 
 # %% tags=["injected-parameters", "nbval-skip"]
-# Parameters
-regime = "dev"
-results_dir = "results"
-figures_dir = "figures"
-seed = 0
-ensemble = ["beats@107", "beats@204", "sslam@100"]
+# The demo run's values where they differ from the cell above (CI skips this cell; delete it for the quick run)
+results_dir = 'results'
+figures_dir = 'figures'
 epoch_scale = 0.1
-epoch_selection = "fixed"
-channel = "ch0"
-preprocess = "aau"
-calibration = "holdout"
-ae_bottleneck = 32
 ae_epochs = 20
-ae_patience = 5
-ae_lr = 0.001
-ae_batch_size = 64
 
 # %%
 import numpy as np

@@ -21,21 +21,10 @@ ldn_k = 1                           # neighbours of the reference LDN density (l
 ldn_density = 'knn'                 # density of the reference LDN: knn (mean of ldn_k nearest) | gwrp (normalised weights ldn_r^(i-1))
 
 # %% tags=["injected-parameters", "nbval-skip"]
-# Parameters
-regime = "dev"
-results_dir = "results"
-figures_dir = "figures"
-seed = 0
-ensemble = ["beats@107", "beats@204", "sslam@100"]
+# The demo run's values where they differ from the cell above (CI skips this cell; delete it for the quick run)
+results_dir = 'results'
+figures_dir = 'figures'
 epoch_scale = 0.1
-epoch_selection = "fixed"
-channel = "ch0"
-preprocess = "aau"
-calibration = "holdout"
-ldn_variant = "aau-gwrp"
-ldn_r = 0.98
-ldn_k = 1
-ldn_density = "knn"
 
 # %%
 import numpy as np

@@ -27,26 +27,11 @@ submission_index = 1                # this system's number among the team's subm
 eval_ground_truth = ''              # the organisers' ground-truth folder for the evaluation set; empty: <data_root>/ground_truth when it exists
 
 # %% tags=["injected-parameters", "nbval-skip"]
-# Parameters
-system = "dev_offline"
-regime = "dev"
-results_dir = "results"
-figures_dir = "figures"
-seed = 0
-ensemble = ["beats@107", "beats@204", "sslam@100"]
+# The demo run's values where they differ from the cell above (CI skips this cell; delete it for the quick run)
+results_dir = 'results'
+figures_dir = 'figures'
 epoch_scale = 0.1
-epoch_selection = "fixed"
-channel = "ch0"
-fusion_mode = "offline"
-scorers = ["knn", "gmm", "ae", "ldn"]
-fusion_pool = "min"
-online_normalisation = "pooled"
-online_decision = "calibration"
-decision_quantile = 0.9
-data_root = "results/synth/small_seed0"
-team = "Lastname_Institute"
-submission_index = 1
-eval_ground_truth = ""
+data_root = 'results/synth/small_seed0'
 
 # %%
 import json

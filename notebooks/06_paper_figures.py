@@ -18,18 +18,10 @@ fusion_mode = 'offline'             # offline (rank / n) | online (z-score with 
 scorers = ['knn', 'gmm', 'ae', 'ldn']  # scorers fused (online drops gmm)
 
 # %% tags=["injected-parameters", "nbval-skip"]
-# Parameters
-system = "dev_offline"
-regime = "dev"
-results_dir = "results"
-figures_dir = "figures"
-seed = 0
-ensemble = ["beats@107", "beats@204", "sslam@100"]
+# The demo run's values where they differ from the cell above (CI skips this cell; delete it for the quick run)
+results_dir = 'results'
+figures_dir = 'figures'
 epoch_scale = 0.1
-epoch_selection = "fixed"
-channel = "ch0"
-fusion_mode = "offline"
-scorers = ["knn", "gmm", "ae", "ldn"]
 
 # %%
 from pathlib import Path

@@ -23,22 +23,12 @@ ldn_r = 0.98                        # GWRP decay r
 decision_quantile = 0.9             # online decision threshold: this quantile of the fused calibration scores
 
 # %% tags=["injected-parameters", "nbval-skip"]
-# Parameters
-system = "dev_offline"
-regime = "dev"
-results_dir = "results"
-figures_dir = "figures"
-seed = 0
-ensemble = ["beats@107", "beats@204", "sslam@100"]
+# The demo run's values where they differ from the cell above (CI skips this cell; delete it for the quick run)
+results_dir = 'results'
+figures_dir = 'figures'
 epoch_scale = 0.1
-epoch_selection = "fixed"
-channel = "ch0"
-data_root = "results/synth/small_seed0"
-synth_preset = "small"
-synth_seed = 0
-sslam_checkpoint = "checkpoints/sslam_kit.pt"
-ldn_r = 0.98
-decision_quantile = 0.9
+data_root = 'results/synth/small_seed0'
+synth_preset = 'small'
 
 # %%
 import numpy as np

@@ -43,37 +43,15 @@ calibration = 'holdout'             # online calibration scores: holdout (author
 ae_epochs = 10                      # AE epochs at most (early stop, patience below)
 
 # %% tags=["injected-parameters", "nbval-skip"]
-# Parameters
-data_root = "results/synth/small_seed0"
-synth_preset = "small"
-synth_seed = 0
-regime = "dev"
-results_dir = "results"
-figures_dir = "figures"
-seed = 0
-device = "cpu"
-ablation_backbone = "checkpoints/beats_kit.pt"
+# The demo run's values where they differ from the cell above (CI skips this cell; delete it for the quick run)
+data_root = 'results/synth/small_seed0'
+synth_preset = 'small'
+results_dir = 'results'
+figures_dir = 'figures'
 ablation_epochs = 5
 ablation_seeds = 3
 ablation_extras = False
-trainable = "aau"
-beats_top_k = 4
-sslam_checkpoint = "checkpoints/sslam_kit.pt"
-sslam_top_k = 10
-arcface_s = 64.0
-arcface_m = 0.2
 batch_size = 32
-accum = 1
-lr_backbone = 6.45e-05
-lr_head = 0.00457
-weight_decay = 0.00051
-warmup_epochs = 1.0
-grad_clip = 1.0
-train_seconds = 1.0
-time_shift = 0.1
-pooling = "gem"
-preprocess = "aau"
-calibration = "holdout"
 ae_epochs = 20
 
 # %%

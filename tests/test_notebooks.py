@@ -172,7 +172,9 @@ def test_committed_outputs_are_the_demo_runs(path: Path):
     CI executes the smoke configuration, a reader sees the outputs of the README's run and the values behind them."""
     cell = _nb(path)["cells"][2]
     assert cell["metadata"].get("tags") == [INJECTED, "nbval-skip"], f"{path.name}: run make demo, then make notebooks"
-    assert P.parse_parameters_source(_src(cell)) == P.inject(_demo(), P.notebook_parameters(path))
+    defaults, injected = P.notebook_parameters(path), P.parse_parameters_source(_src(cell))
+    assert {**defaults, **injected} == P.inject(_demo(), defaults)
+    assert all(defaults[k] != v for k, v in injected.items()), "only what the demo changes, so exercises take effect"
 
 
 def _commit_tool():
@@ -204,6 +206,8 @@ def test_commit_notebooks_takes_only_a_current_run_with_the_demo_parameters(tmp_
     executed(values, body)
     out = tool.committed_form(name, scope, params, "demo")
     assert out["cells"][2]["metadata"] == {"tags": [INJECTED, "nbval-skip"]}
+    kept = P.parse_parameters_source(_src(out["cells"][2]))
+    assert kept and set(kept) < set(values) and {**P.notebook_parameters(src), **kept} == values
     assert out == nbclean.clean(out)
     with pytest.raises(SystemExit, match="other parameters"):
         executed({**values, "knn_k": 3}, body)

@@ -8,12 +8,13 @@ For each notebook it takes the copy the runner executed for the paper's best sys
 stages of `dev`, fusion of `dev_offline`, the shared and report stages), checks that this copy ran from the
 notebook as it is now (every cell but papermill's injected-parameters cell unchanged) with the demo's parameters
 and without an error, tags the injected cell `nbval-skip`, cleans it (asd_lib.nbclean) and writes it over
-notebooks/<name>.ipynb, and its jupytext twin notebooks/<name>.py from it. A pair out of sync (a twin edited after
+notebooks/<name>.ipynb, and its jupytext twin notebooks/<name>.py from it. The injected cell keeps only the values
+that differ from the `parameters` cell, so that an exercise's change there takes effect. A pair out of sync (a twin edited after
 the run) is refused: sync it (make clean-notebooks) and run the demo again first.
 
 A committed notebook then holds, in this order: the `parameters` cell (the quick smoke configuration, which
-tests/test_notebooks.py keeps equal to params/smoke.yaml), papermill's injected cell (the demo's values) and the
-demo run's outputs. Run All in JupyterLab reproduces those outputs; delete the injected cell to run the smoke
+tests/test_notebooks.py keeps equal to params/smoke.yaml), papermill's injected cell (the demo's values where they
+differ from it) and the demo run's outputs. Run All in JupyterLab reproduces those outputs; delete the injected cell to run the smoke
 configuration instead. `make test` runs nbval, which skips the injected cell: CI executes every notebook with the
 smoke parameters and compares the cells marked `# NBVAL_CHECK_OUTPUT`, whose outputs do not depend on the size of
 the run.
@@ -60,7 +61,16 @@ def committed_form(name: str, scope: str, params: P.Params, label: str) -> dict:
     if any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", [])):
         raise SystemExit(f"{name}: {_rel(run)} holds an error output")
     injected[0]["metadata"]["tags"] = [INJECTED, SKIP]
+    injected[0]["source"] = demo_cell(P.notebook_parameters(src), want)
     return nbclean.clean(nb)
+
+
+def demo_cell(defaults: dict, values: dict) -> str:
+    """The injected cell as committed: only the run's values that differ from the `parameters` cell, so that a
+    setting an exercise changes in the `parameters` cell is not overridden by this one."""
+    lines = [f"{k} = {v!r}" for k, v in values.items() if defaults.get(k) != v]
+    return "\n".join(["# The demo run's values where they differ from the cell above (CI skips this cell; delete it "
+                       "for the quick run)", *lines])
 
 
 def main() -> int:
