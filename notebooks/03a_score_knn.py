@@ -120,6 +120,10 @@ print(scorers.raw_score_aucs(L.scores, L.embeddings, models, channel, "knn").rou
 #
 # ## Exercises
 #
+# Exercises 2 and 3 change a setting of this stage: re-running the notebook with it rewrites the KNN scores under
+# `results/<regime>/scores/`, which `04_normalise_and_fuse` fuses. Put the value back and re-run (or run `asd-run` again) to restore them.
+#
 # 1. Replace the k-th distance by the mean of the k nearest (`pooling="mean"` in `KNNScorer`). Which is better here?
-# 2. With 10 target training clips, what happens to target-domain scores when k > 10? Try `knn_k = 20`.
+# 2. A machine has few target-domain training clips (10 in the real data, 4 in the demo's `small` preset). What
+#    happens to target-domain scores when k exceeds their number? Compare `knn_k = 1` and `knn_k = 20`.
 # 3. Run with `preprocess = "none"`. Does the quantile transform help KNN on these embeddings?

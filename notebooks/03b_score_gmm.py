@@ -98,4 +98,5 @@ print(scorers.raw_score_aucs(L.scores, L.embeddings, models, channel, "gmm").rou
 #
 # 1. Try `covariance_type="full"` through `scorer_params`. Why does it fail or overfit with few training clips?
 # 2. Plot the calibration scores (`calib`) against the test scores of normal clips. Are they on the same scale?
-# 3. With 6 components and 10 target clips, does a component end up on the target domain? Inspect `gmm.weights_`.
+# 3. With 6 components and a few target clips (10 in the real data, 4 in the demo), does a component end up on the
+#    target domain? Inspect `gmm.weights_`.

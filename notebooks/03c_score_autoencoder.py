@@ -115,6 +115,10 @@ print(scorers.raw_score_aucs(L.scores, L.embeddings, models, channel, "ae").roun
 #
 # ## Exercises
 #
+# Exercise 2 changes a setting of this stage: re-running the notebook with it rewrites the AE scores under
+# `results/<regime>/scores/`, which `04_normalise_and_fuse` fuses. Put the value back and re-run (or run `asd-run`
+# again) to restore them.
+#
 # 1. Remove the spectral normalisation (edit `reconstruct` and train your own torch version). Does the score get better or worse?
 # 2. Set `ae_bottleneck = 4` and `= 128`. Where is the sweet spot on this benchmark?
 # 3. Why does the held-out calibration split matter more for the AE than for KNN?

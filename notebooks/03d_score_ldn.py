@@ -66,7 +66,8 @@ print("from-scratch GWRP-LDN equals asd_lib.scorers.LDNScorer(variant='aau-gwrp'
 # ## 2. The reference form, and a caution
 #
 # The reference LDN normalises the weights (a weighted MEAN of distances) or uses the mean of the K nearest. With only
-# 10 target training clips, a large neighbourhood (K ≥ 10, r near 1) reaches into the source cluster: the target
+# 10 target training clips (the real data; 4 in the demo), a larger neighbourhood (K ≥ 10 there, r near 1) reaches into
+# the source cluster: the target
 # clips' densities are then computed from source clips ("cluster exit") and target scores stop meaning anything.
 # Compare the AUC per domain for a few settings on this machine:
 
@@ -119,6 +120,10 @@ print(scorers.raw_score_aucs(L.scores, L.embeddings, models, channel, "ldn").rou
 # - The paper's "GWRP" is the authors' un-normalised variant; the reference method is one parameter away.
 #
 # ## Exercises
+#
+# Exercises 1 and 2 change settings of this stage: re-running the notebook with them rewrites the LDN scores under
+# `results/<regime>/scores/`, which `04_normalise_and_fuse` fuses. Put the values back and re-run (or run `asd-run`
+# again) to restore them.
 #
 # 1. Sweep `ldn_r` over 0.5, 0.9, 0.98, 0.999 and watch the target-domain AUC. Where does the cluster exit start?
 # 2. Switch to `ldn_variant = "reference"` with `ldn_k = 1`. Does the un-normalised sum matter for the ranking of clips

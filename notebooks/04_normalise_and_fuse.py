@@ -210,6 +210,10 @@ else:
 #
 # ## Exercises
 #
+# Exercises 1, 2 and 4 change settings of this system: re-running the notebook with them rewrites its submission and
+# `result.csv` under `results/<system>/`, which `05_results_tables` reads. Put the values back and re-run (or run
+# `asd-run` again) to restore them.
+#
 # 1. Switch `fusion_pool` to `"mean"` and `"max"` for this system. Which gives the best official score, and why?
 # 2. Run the online system with `online_normalisation = "aau-constants"`. What happens to the fused scores, and why do
 #    those constants not transfer?

@@ -224,6 +224,9 @@ print(f"{len(full)} classes with the whole tail, {len({shortened(c) for c in ful
 #
 # ## Exercises
 #
+# Exercise 1 re-runs `04_normalise_and_fuse` with another setting, which rewrites that system's submission and
+# `result.csv`: put the value back and re-run 04 (or run `asd-run` again) afterwards.
+#
 # 1. Re-run `04_normalise_and_fuse` for an online system with `online_decision = "aau-minmax"`. Which metrics change,
 #    and which cannot (hint: AUC and pAUC use scores only)?
 # 2. Compute the official score of the paper's Table 1 rows: why is it impossible from the printed numbers alone?
