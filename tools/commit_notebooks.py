@@ -61,6 +61,7 @@ def committed_form(name: str, scope: str, params: P.Params, label: str) -> dict:
     if any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", [])):
         raise SystemExit(f"{name}: {_rel(run)} holds an error output")
     injected[0]["metadata"]["tags"] = [INJECTED, SKIP]
+    injected[0]["id"] = INJECTED  # papermill draws a new random id at every run: a stable one keeps diffs quiet
     injected[0]["source"] = demo_cell(P.notebook_parameters(src), want)
     return nbclean.clean(nb)
 
