@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from asd_lib.fsutil import atomic_write_text
+
 KEEP_CELL_METADATA = ("tags",)
 KEEP_NOTEBOOK_METADATA = ("kernelspec",)
 KERNELSPEC = {"display_name": "Python 3 (asd-kit)", "language": "python", "name": "asd-kit"}  # `make venv`
@@ -185,18 +187,12 @@ def combine(inputs: Any, nb: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_pair(path: Path, nb: dict[str, Any]) -> None:
     """Write a notebook cleaned, then its twins from it (tools/commit_notebooks.py)."""
     cleaned = clean(nb)
-    _write(path, dumps(cleaned))
+    atomic_write_text(path, dumps(cleaned))
     for t in twins(path):
-        _write(t.path, twin_text(cleaned, t))
+        atomic_write_text(t.path, twin_text(cleaned, t))
 
 
 def sync(path: Path, write: bool = True) -> tuple[list[str], list[str]]:
@@ -243,9 +239,9 @@ def sync(path: Path, write: bool = True) -> tuple[list[str], list[str]]:
         twin_writes.append((t.path, expected))
     if write:
         if new != text:
-            _write(path, new)
+            atomic_write_text(path, new)
         for p, expected in twin_writes:  # after the notebook: the twin is the newer file, as JupyterLab leaves it
-            _write(p, expected)
+            atomic_write_text(p, expected)
     return changes, []
 
 
