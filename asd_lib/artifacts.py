@@ -43,10 +43,10 @@ from asd_lib.fsutil import atomic_savez
 
 __all__ = [
     "Layout", "layout", "seed_dir", "seed_repeats", "system_dir", "params_file", "timings_file", "records_dir",
-    "submission_dir", "baseline_dir", "tables_dir", "pretrain_dirs",
-    "checkpoints_dir", "checkpoint_dir", "checkpoint_file", "head_file", "checkpoint_epochs", "leaky_selection_file",
+    "submission_dir", "variant_submission_dir", "stage_records", "baseline_dir", "tables_dir", "pretrain_dirs",
+    "checkpoints_dir", "checkpoint_dir", "checkpoint_file", "head_file", "head_beside", "checkpoint_epochs", "leaky_selection_file",
     "embeddings_dir", "embedding_dir", "embedding_path", "save_embeddings", "load_embeddings", "embeddings_current",
-    "embedded_machines", "embedding_source", "recorded_settings",
+    "embedded_machines", "embedding_source", "embedding_settings",
     "scores_dir", "scorer_dir", "score_path", "fitted_path", "save_scores", "load_scores", "scored_machines",
 ]
 
@@ -227,6 +227,16 @@ def records_dir(results_dir: str | Path, label: str) -> Path:
     return Path(results_dir) / label / "notebooks"
 
 
+def stage_records(results_dir: str | Path) -> list[Path]:
+    """Every ``.done.json`` record under ``results_dir`` (all regimes, systems, shared stages and seed repeats)."""
+    return sorted(Path(results_dir).glob("**/notebooks/*.done.json"))
+
+
+def variant_submission_dir(regime_dir: str | Path, variant: str) -> Path:
+    """<regime_dir>/submissions/<variant>: the CSV files of one variant of a study scored on its own (notebook 08)."""
+    return Path(regime_dir) / "submissions" / variant
+
+
 def submission_dir(results_dir: str | Path, system: str, sub: str = "submission") -> Path:
     """results/<system>/<sub>: a system's CSV files ('submission', 'eval_submission'; '' for the system folder
     itself, as the baseline writes them)."""
@@ -263,6 +273,12 @@ def checkpoint_file(folder: str | Path, epoch: int) -> Path:
 def head_file(folder: str | Path, epoch: int) -> Path:
     """<folder>/epoch_XXX.head.pt: the head (and a joint run's channel embedding) of that epoch."""
     return Path(folder) / f"epoch_{int(epoch):03d}.head.pt"
+
+
+def head_beside(checkpoint: str | Path) -> Path:
+    """The head file of the epoch checkpoint ``checkpoint`` (``.../epoch_XXX.pt`` -> ``.../epoch_XXX.head.pt``)."""
+    ckpt = Path(checkpoint)
+    return ckpt.with_name(ckpt.stem + ".head.pt")
 
 
 def checkpoint_epochs(folder: str | Path, heads: bool = False) -> dict[int, list[Path]]:
@@ -351,7 +367,7 @@ def embedding_source(emb_root: str | Path, model_id: str, channel: str, machine:
         return str(z["checkpoint_sha256"]) if "checkpoint_sha256" in z.files else ""
 
 
-def recorded_settings(emb_root: str | Path, model_id: str, channel: str) -> dict[str, Any]:
+def embedding_settings(emb_root: str | Path, model_id: str, channel: str) -> dict[str, Any]:
     """The extraction settings (pooling, recipe) recorded in a cached embedding folder, {} when there is none.
     Notebook 02 compares them with its parameters (``params.changed_settings``)."""
     folder = embedding_dir(emb_root, model_id, channel)

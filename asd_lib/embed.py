@@ -31,8 +31,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from asd_lib.artifacts import (embedded_machines, embedding_path, embedding_source, embeddings_current,  # noqa: F401
-                               load_embeddings, recorded_settings, save_embeddings)
+from asd_lib.artifacts import (embedded_machines, embedding_path, embedding_settings, embedding_source,  # noqa: F401
+                               embeddings_current, load_embeddings, save_embeddings)
 from asd_lib.fsutil import file_sha256
 from asd_lib.progress import bar
 

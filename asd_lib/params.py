@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,9 @@ import yaml
 
 # the run's folders live in asd_lib.artifacts; Layout and layout stay importable from here for the notebooks
 from asd_lib.artifacts import LEAKY_SELECTION, Layout, layout, leaky_selection_file  # noqa: F401
+
+log = logging.getLogger(__name__)
+
 
 def find_root() -> Path:
     """The kit's folder (the one holding ``params/base.yaml`` and ``notebooks/``): ``$ASD_KIT_ROOT`` when set, else
@@ -76,6 +80,21 @@ def variant_name(name: str, changed: Mapping[str, tuple[Any, Any]]) -> str:
 def describe_changes(changed: Mapping[str, tuple[Any, Any]]) -> str:
     """``arcface_m 0.2 -> 0.0, trainable 'aau' -> 'frozen'``."""
     return ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
+
+
+def exercise_folder(name: str, recorded: Mapping[str, Any], wanted: Mapping[str, Any], kept: str
+                    ) -> tuple[str, dict[str, tuple[Any, Any]]]:
+    """Where a stage's run writes, and what it changes from the run ``recorded`` in the system's folder ``name``.
+
+    Run by hand with other settings (an exercise), it writes to its own folder named by what differs
+    (``variant_name``) and says that ``kept`` stays as it is; under ``asd-run`` the system's own settings changed,
+    so it writes (again) to ``name``."""
+    changed = changed_settings(recorded, wanted)
+    if changed and not under_runner():
+        folder = variant_name(name, changed)
+        log.info("%s: %s; %s stays as it is, this run writes %s", name, describe_changes(changed), kept, folder)
+        return folder, changed
+    return name, changed
 
 
 class ParamsError(ValueError):

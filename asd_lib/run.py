@@ -32,7 +32,7 @@ from asd_lib import logs
 from asd_lib import params as P
 from asd_lib import progress
 from asd_lib import provenance
-from asd_lib.artifacts import params_file, records_dir, seed_dir, timings_file
+from asd_lib.artifacts import params_file, records_dir, seed_dir, stage_records, timings_file
 from asd_lib.fsutil import FolderBusy, folder_lock
 from asd_lib.fsutil import atomic_write_text as atomic_write
 
@@ -375,7 +375,7 @@ def run_system(runner: Runner, params: P.Params, names: list[str]) -> None:
 def run_report(runner: Runner, params: P.Params, names: list[str]) -> None:
     """Run the report notebooks once over everything under the results root."""
     results_dir = ROOT / params["results_dir"]
-    upstream = sorted(str(r.get("finished")) for m in results_dir.glob("**/notebooks/*.done.json")
+    upstream = sorted(str(r.get("finished")) for m in stage_records(results_dir)
                       if "report" not in m.parts and (r := _read_record(m)))
     for name, scope in NOTEBOOKS:
         if scope == "report" and name in names:

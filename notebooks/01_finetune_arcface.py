@@ -177,13 +177,9 @@ plots.save_fig("augmentation_noise");
 # the runs of this system, from the parameters above: the same mapping as `asd-finetune --system`
 runs = finetune.system_runs(P.namespace_values(globals(), "01_finetune_arcface"))
 for backbone, run in runs.items():
-    home = L.checkpoint_dir(backbone)
-    changed = P.changed_settings(finetune.recorded_settings(home), run)
-    if changed and not P.under_runner():  # an exercise: its own folder; 02-04 keep reading `home`
-        run["backbone_id"] = P.variant_name(backbone, changed)
-        print(f"{backbone}: {P.describe_changes(changed)} from the run in {home}, which stays as it is;"
-              f" this run goes to {L.checkpoint_dir(run['backbone_id'])}")
-    elif changed:
+    home = L.checkpoint_dir(backbone)  # an exercise gets its own folder; 02-04 keep reading `home`
+    run["backbone_id"], changed = P.exercise_folder(backbone, finetune.run_settings(home), run, f"the run in {home}")
+    if changed and P.under_runner():
         print(f"{backbone}: the system's settings changed ({P.describe_changes(changed)}): training again")
     run["resume"] = not (P.forced() or (changed and P.under_runner()))  # asd-run --force: start over
 

@@ -80,12 +80,8 @@ print("from-scratch GeM equals asd_lib.embed.pool_tokens:", True)
 folders = {}  # model -> the folder this run writes (its own, named by what differs, in an exercise)
 for model in models:
     recipe = sslam_recipe if model.startswith("sslam") else None
-    changed = P.changed_settings(artifacts.recorded_settings(L.embeddings, model, channel),
-                                 {"pooling": pooling, "recipe": recipe})
-    folders[model] = model
-    if changed and not P.under_runner():  # an exercise: 03-04 keep reading the system's embeddings
-        folders[model] = P.variant_name(model, changed)
-        print(f"{model}: {P.describe_changes(changed)}; the embeddings 03-04 read stay as they are")
+    folders[model], _ = P.exercise_folder(model, artifacts.embedding_settings(L.embeddings, model, channel),
+                                          {"pooling": pooling, "recipe": recipe}, "the embeddings 03-04 read")
     embed.extract_embeddings(man, L.checkpoint(model), L.embeddings, folders[model], channel=channel,
                              pooling=pooling, machines=machines, batch_size=embed_batch_size,
                              device=device or None, recipe=recipe, force=True)

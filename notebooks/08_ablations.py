@@ -106,7 +106,7 @@ def variant(name, channel="ch0", fused_scorers=ALL, seed=seed, backbone=None, sc
     fused = (fusion.fuse_offline(scores, [model], list(fused_scorers), channel) if fuse == "offline" else
              fusion.fuse_online(scores, [model], list(fused_scorers), channel))
     label = "_".join(filter(None, (name, score_as, channel, fuse)))
-    return tables.evaluate_fused(fused, where / "submissions" / label)
+    return tables.evaluate_fused(fused, artifacts.variant_submission_dir(where, label))
 
 COLS = ["official score", "paper-style Ω", "AUC (source)", "AUC (target)", "pAUC"]
 def over_seeds(runs):
@@ -161,7 +161,7 @@ plots.save_fig("near_vs_far_channel");
 # %%
 model = f"paper@{ablation_epochs}"
 alone = {sc: [tables.evaluate_fused(fusion.fuse_offline(artifacts.scores_dir(out / f"seed{s}"), [model], [sc], "ch0"),
-                                    out / f"seed{s}" / "submissions" / f"alone_{sc}") for s in seeds] for sc in ALL}
+                                    artifacts.variant_submission_dir(out / f"seed{s}", f"alone_{sc}")) for s in seeds] for sc in ALL}
 alone["fused (min)"] = runs["paper (90 classes, ArcFace, fine-tuned)"]
 scorer_long, by_scorer = over_seeds(alone)
 print(by_scorer[["official score", "paper-style Ω", "pAUC"]].to_string())

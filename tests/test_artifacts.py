@@ -59,7 +59,7 @@ def test_embedding_file_round_trip_and_errors_name_the_file(tmp_path: Path):
                                                                                                    "target", ""]
     assert A.embedded_machines(tmp_path, "m@1", "ch0") == ["fan"]
     assert A.embedding_source(tmp_path, "m@1", "ch0", "fan", "train") == "abc"
-    assert A.recorded_settings(tmp_path, "m@1", "ch0") == {"pooling": "gem", "recipe": None}
+    assert A.embedding_settings(tmp_path, "m@1", "ch0") == {"pooling": "gem", "recipe": None}
     assert A.embeddings_current(path, names, "abc", '{"pooling": "gem", "recipe": null}')
     assert not A.embeddings_current(path, names[:2], "abc", '{"pooling": "gem", "recipe": null}')
 

@@ -117,13 +117,13 @@ def test_cache_belongs_to_the_checkpoint_file_it_came_from(manifest, beats, tmp_
 
 
 def test_cache_records_its_settings_and_is_not_reused_for_others(manifest, beats, tmp_path):
-    from asd_lib.embed import recorded_settings
+    from asd_lib.embed import embedding_settings
 
     kw = dict(channel="ch0", machines=["valveEmu"], device="cpu", progress=False)
-    assert recorded_settings(tmp_path, "m@1", "ch0") == {}
+    assert embedding_settings(tmp_path, "m@1", "ch0") == {}
     extract_embeddings(manifest, beats, tmp_path, "m@1", pooling="gem", **kw)
-    assert recorded_settings(tmp_path, "m@1", "ch0") == {"pooling": "gem", "recipe": None}
+    assert embedding_settings(tmp_path, "m@1", "ch0") == {"pooling": "gem", "recipe": None}
     gem = load_embeddings(tmp_path, "m@1", "ch0", "valveEmu", "train")["emb"]
     extract_embeddings(manifest, beats, tmp_path, "m@1", pooling="mean", **kw)  # not the GeM cache
-    assert recorded_settings(tmp_path, "m@1", "ch0") == {"pooling": "mean", "recipe": None}
+    assert embedding_settings(tmp_path, "m@1", "ch0") == {"pooling": "mean", "recipe": None}
     assert not np.allclose(load_embeddings(tmp_path, "m@1", "ch0", "valveEmu", "train")["emb"], gem)

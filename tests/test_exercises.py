@@ -23,11 +23,11 @@ def test_variant_names_say_what_differs_and_stay_one_folder():
     assert P.describe_changes(changed) == "arcface_m 0.2 -> 0.0, trainable 'aau' -> 'frozen'"
 
 
-def test_recorded_settings_of_a_finetuning_run(tmp_path: Path):
-    assert finetune.recorded_settings(tmp_path) == {}
+def test_run_settings_of_a_finetuning_run(tmp_path: Path):
+    assert finetune.run_settings(tmp_path) == {}
     cfg = finetune.FinetuneConfig(backbone="beats-tiny", backbone_id="beats", arcface_m=0.0, epochs=3)
     (tmp_path / "config.json").write_text(json.dumps({"config": json.loads(json.dumps(cfg.__dict__))}))
-    got = finetune.recorded_settings(tmp_path)
+    got = finetune.run_settings(tmp_path)
     assert got["arcface_m"] == 0.0 and got["backbone"] == "beats-tiny"
     assert "backbone_id" not in got and "epochs" not in got  # the folder's name; more epochs extend a run
     run = finetune.system_runs(P.load("dev_offline", [P.PARAMS_DIR / "smoke.yaml"]).values)["beats"]
@@ -39,3 +39,15 @@ def test_the_runner_tells_the_notebooks_it_runs_them(monkeypatch):
     assert not P.under_runner()
     monkeypatch.setenv(P.RUNNER_ENV, "1")
     assert P.under_runner()
+
+
+def test_an_exercise_writes_its_own_folder_and_the_runner_keeps_the_systems(monkeypatch, caplog):
+    recorded, wanted = {"pooling": "gem", "recipe": None}, {"pooling": "mean", "recipe": None}
+    monkeypatch.delenv(P.RUNNER_ENV, raising=False)
+    with caplog.at_level("INFO", logger="asd_lib.params"):
+        assert P.exercise_folder("beats@11", recorded, wanted, "the embeddings 03-04 read") == \
+            ("beats@11~pooling=mean", {"pooling": ("gem", "mean")})
+    assert "the embeddings 03-04 read stays as it is, this run writes beats@11~pooling=mean" in caplog.text
+    assert P.exercise_folder("beats@11", recorded, dict(recorded), "x") == ("beats@11", {})
+    monkeypatch.setenv(P.RUNNER_ENV, "1")  # under asd-run the system's own settings changed: same folder
+    assert P.exercise_folder("beats@11", recorded, wanted, "x") == ("beats@11", {"pooling": ("gem", "mean")})

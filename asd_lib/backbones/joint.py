@@ -32,7 +32,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["JointChannelEncoder", "CHANNEL_EMBEDDING_KEY", "head_file", "load_joint_encoder"]
+from asd_lib.artifacts import head_beside
+
+__all__ = ["JointChannelEncoder", "CHANNEL_EMBEDDING_KEY", "load_joint_encoder"]
 
 CHANNEL_EMBEDDING_KEY = "channel_embedding"  # key of the (2, D) tensor in ``epoch_XXX.head.pt``
 
@@ -113,17 +115,11 @@ class JointChannelEncoder(nn.Module):
             self.channel_embedding.copy_(value)
 
 
-def head_file(checkpoint: str | Path) -> Path:
-    """The head file that fine-tuning writes next to ``epoch_XXX.pt``: ``epoch_XXX.head.pt``."""
-    ckpt = Path(checkpoint)
-    return ckpt.with_name(ckpt.stem + ".head.pt")
-
-
 def load_joint_encoder(checkpoint: str | Path, recipe: str | None = None) -> JointChannelEncoder:
     """A joint-channel encoder (eval mode) from ``epoch_XXX.pt`` and the channel embedding in its head file."""
     from asd_lib.backbones import load_backbone
 
-    head = head_file(checkpoint)
+    head = head_beside(checkpoint)
     if not head.is_file():
         raise FileNotFoundError(f"{checkpoint}: channel 'joint' needs the channel embedding in {head.name} next to "
                                 "it, which fine-tuning with channel_input='joint' writes; it is not there")

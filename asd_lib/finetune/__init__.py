@@ -41,7 +41,7 @@ Choices worth knowing:
 One file per part; this package re-exports their public names (``finetune.finetune``, ``finetune.ArcFaceHead``):
 
 - ``train.py``: ``finetune``, the run itself (model, optimiser, schedule, epochs, resume, checkpoints).
-- ``config.py``: ``FinetuneConfig`` (every setting, written to config.json) and ``recorded_settings``.
+- ``config.py``: ``FinetuneConfig`` (every setting, written to config.json) and ``run_settings``.
 - ``heads.py``: ``ArcFaceHead``, ``SoftmaxHead``, ``build_head``, ``load_head`` and ``Classifier`` (encoder + pooling
   + head).
 - ``trainable.py``: the trainable sets (``trainable_names``, ``apply_trainable``) and the training-time switches
@@ -56,7 +56,7 @@ One file per part; this package re-exports their public names (``finetune.finetu
 from __future__ import annotations
 
 from .cli import main  # also the target of console scripts installed before the split
-from .config import FinetuneConfig, recorded_settings
+from .config import FinetuneConfig, run_settings
 from .features import CHANNEL_INPUTS, add_wave_noise, add_wave_noise_channels, cache_fbank
 from .heads import ArcFaceHead, Classifier, SoftmaxHead, build_head, load_head
 from .system import system_runs
@@ -82,7 +82,7 @@ __all__ = [
     "add_wave_noise_channels",
     "finetune",
     "load_head",
-    "recorded_settings",
+    "run_settings",
     "system_runs",
     "main",
 ]

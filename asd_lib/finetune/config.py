@@ -1,5 +1,5 @@
 """Every setting of a fine-tuning run (``FinetuneConfig``, written to config.json) and the settings a finished run
-recorded (``recorded_settings``). Imports no torch."""
+recorded (``run_settings``). Imports no torch."""
 from __future__ import annotations
 
 import dataclasses
@@ -62,7 +62,7 @@ class FinetuneConfig:
 _NOT_TRAINING = ("save_every", "keep_epochs", "save_every_steps", "epoch_selection", "cache_fbank", "epochs")
 
 
-def recorded_settings(ckpt_dir: str | Path) -> dict[str, Any]:
+def run_settings(ckpt_dir: str | Path) -> dict[str, Any]:
     """The weight-changing settings of the run in ``ckpt_dir`` (from its config.json, without the folder's own name),
     or {} when the folder holds no run. Notebook 01 compares them with its parameters (``params.changed_settings``)."""
     try:
