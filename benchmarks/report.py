@@ -620,7 +620,7 @@ def parent(args: argparse.Namespace) -> int:
     """Measure the matmul rate, run every stage in its own process, print the report; the exit status."""
     threads = str(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
-           "TQDM_DISABLE": "1", "ASD_KIT_CHUNKED_ATTENTION": "1" if args.chunked_attention else "0"}
+           "TQDM_DISABLE": "1", "ASD_KIT_CHUNKED_ATTENTION": {"auto": "", "sdpa": "0", "chunked": "1"}[args.attention]}
     os.environ.update(env)
     import torch
 
@@ -680,9 +680,9 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda: torch stages on the GPU, bf16")
     ap.add_argument("--quick", action="store_true", help="tiny shapes, to check the plumbing")
     ap.add_argument("--json", default=None, help="also write the rows, rates and targets to this JSON file")
-    ap.add_argument("--chunked-attention", action="store_true",
-                    help="BEATs training attention through the kit's chunked CPU function (asd_lib.backbones.beats), "
-                         "an option for now; the default is SDPA's")
+    ap.add_argument("--attention", choices=("auto", "sdpa", "chunked"), default="auto",
+                    help="BEATs training attention on the CPU: the kit's default (auto: the chunked function for large "
+                         "score tensors, asd_lib.backbones.beats), or SDPA / the chunked function forced")
     ap.add_argument("--only", default=None, help="comma-separated stage names or prefixes (e.g. forward,online)")
     ap.add_argument("--stage", default=None, choices=list(STAGES), help=argparse.SUPPRESS)
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)

@@ -593,6 +593,32 @@ def test_beats_train_attention_matches_sdpa(monkeypatch):
         assert (g - ref).abs().max() <= 1e-5 * ref.abs().max() + 1e-10, name
 
 
+def test_beats_train_attention_chooses_the_chunked_path_by_the_size_of_its_scores(monkeypatch):
+    """By default the chunked CPU attention runs only when B x H x L x L reaches CHUNKED_MIN_SCORES; the switch
+    forces either path."""
+    from asd_lib.backbones import beats
+
+    assert beats.CHUNKED_MIN_SCORES > 32 * 4 * 104 ** 2  # the demo's largest training batches stay on SDPA
+    enc = load_backbone("beats-tiny", encoder_layerdrop=0.0).train()  # 3 layers, 4 heads
+    calls = []
+    apply = beats.GatedBiasAttention.apply
+    monkeypatch.setattr(beats.GatedBiasAttention, "apply", lambda *a: calls.append(1) or apply(*a))
+
+    def layers_chunked(frames: int, switch: bool | None, threshold: int) -> int:
+        monkeypatch.setattr(beats, "CHUNKED_CPU_ATTENTION", switch)
+        monkeypatch.setattr(beats, "CHUNKED_MIN_SCORES", threshold)
+        calls.clear()
+        with torch.enable_grad():
+            enc.forward_fbank(torch.randn(2, frames, 128)).sum().backward()
+        return len(calls)
+
+    scores = 2 * 4 * 24 ** 2  # 48 frames -> 3 x 8 patches per clip
+    assert layers_chunked(48, None, scores) == 3
+    assert layers_chunked(48, None, scores + 1) == 0
+    assert layers_chunked(48, True, 1 << 30) == 3
+    assert layers_chunked(48, False, 1) == 0
+
+
 def test_gated_bias_attention_same_on_threads_and_chunks(monkeypatch):
     """The worker threads and the chunk size change neither the keep-mask nor (beyond round-off) the results."""
     from asd_lib.backbones import beats

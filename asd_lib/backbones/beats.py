@@ -16,8 +16,9 @@ Facts used (from the BEATs paper and the structure of the official unilm checkpo
 - fine-tuned files: probs = sigmoid(mean over tokens of predictor(x)).
 
 Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` with the gated bias as a float mask,
-except when training on the CPU: there ``GatedBiasAttention`` (below) takes the gate and the ungated bias apart and
-works on one head of one clip at a time, so that the (L, L) scores stay in cache from the logits to the dropout.
+except when training on the CPU with large score tensors (long clips, big batches): there ``GatedBiasAttention``
+(below) takes the gate and the ungated bias apart and works on one head of one clip at a time, so that the (L, L)
+scores stay in cache from the logits to the dropout.
 """
 from __future__ import annotations
 
@@ -111,12 +112,18 @@ class _GradScale(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
-# Train-time attention on the CPU through ``GatedBiasAttention`` (False: SDPA everywhere). An option for now
-# (ASD_KIT_CHUNKED_ATTENTION=1; benchmarks/report.py --chunked-attention): it is faster (a BEATs-base fine-tuning step
-# 10.9 s instead of 15.2 s on the 2-core machine) and computes the same function, but its dropout draws another random
-# stream than torch's, so training with it does not repeat the demo's numbers or the shipped checkpoints bit for bit.
-# It becomes the default once those are measured again with it.
-CHUNKED_CPU_ATTENTION = os.environ.get("ASD_KIT_CHUNKED_ATTENTION") == "1"
+# Train-time attention on the CPU through ``GatedBiasAttention`` or SDPA. By default (ASD_KIT_CHUNKED_ATTENTION unset)
+# the chunked function runs when one layer's attention scores (B x H x L x L) reach CHUNKED_MIN_SCORES entries: SDPA's
+# math path then streams several tensors of that size through memory, which the chunked function keeps in cache.
+# Measured on the 2-core EPYC (32 MB L3), one fine-tuning step, SDPA -> chunked: BEATs-base 10 s x 4 (11.8 M entries)
+# 15.2 -> 10.9 s; 10 s x 1 (3.0 M) 1.82 -> 1.80 s; 6 s x 1 (1.0 M) 1.02 -> 1.10 s; the demo's 3-layer BEATs
+# 10 s x 8 (7.9 M) 0.48 -> 0.27 s, 4 s x 16 (2.6 M) 0.22 -> 0.16 s, 3 s x 16 (1.3 M) 0.12 -> 0.11 s, 2 s x 32 (1.4 M)
+# 0.12 -> 0.15 s, 1 s x 32 (0.3 M, the demo's fine-tuning crops) 0.07 -> 0.08 s. Below the threshold stays SDPA,
+# and with it everything the demo and the shipped checkpoints train (1-s and 2-s crops, masked pre-training): the
+# chunked function draws its dropout from another random stream than torch's, so it would not repeat them bit for
+# bit. ASD_KIT_CHUNKED_ATTENTION=1 forces it on, =0 off (benchmarks/report.py --attention).
+CHUNKED_CPU_ATTENTION = {"1": True, "0": False}.get(os.environ.get("ASD_KIT_CHUNKED_ATTENTION", ""))
+CHUNKED_MIN_SCORES = 1 << 21  # 2.1 M entries, 8 MB of fp32 scores per layer
 # Largest chunk of the CPU training attention, in (L, L) entries: one head of one 10 s clip (496^2 fp32 ~ 1 MB),
 # so that a chunk's scores, probabilities and keep-mask stay near the core between the operations that touch them
 # (4 heads per chunk measured 1.8x slower per layer on the 2-core EPYC than 1 head).
@@ -341,7 +348,8 @@ class BEATsAttention(nn.Module):
         gate = g[..., :1] * (g[..., 1:] * self.grep_a - 1.0) + 2.0  # (B, H, L, 1)
         gate, pos_bias = gate.to(q.dtype), pos_bias.to(q.dtype)  # SDPA wants the mask in q's dtype (autocast)
         p = self.dropout if self.training else 0.0
-        if (CHUNKED_CPU_ATTENTION and torch.is_grad_enabled() and q.device.type == "cpu" and p < 1.0
+        chunked = CHUNKED_CPU_ATTENTION if CHUNKED_CPU_ATTENTION is not None else b * h * n * n >= CHUNKED_MIN_SCORES
+        if (chunked and torch.is_grad_enabled() and q.device.type == "cpu" and p < 1.0
                 and q.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled("cpu")
                 and (q.requires_grad or pos_bias.requires_grad)):
             # training on the CPU: SDPA would take its unfused math path (a mask with a gradient, dropout), which
