@@ -35,7 +35,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -46,7 +46,7 @@ __all__ = [
     "submission_dir", "variant_submission_dir", "stage_records", "baseline_dir", "tables_dir", "pretrain_dirs",
     "checkpoints_dir", "checkpoint_dir", "checkpoint_file", "head_file", "head_beside", "checkpoint_epochs", "leaky_selection_file",
     "embeddings_dir", "embedding_dir", "embedding_path", "save_embeddings", "load_embeddings", "embeddings_current",
-    "embedded_machines", "embedding_source", "embedding_settings",
+    "embedded_machines", "embedding_source", "score_settings", "embedding_settings",
     "scores_dir", "scorer_dir", "score_path", "fitted_path", "save_scores", "load_scores", "scored_machines",
 ]
 
@@ -402,11 +402,14 @@ def fitted_path(score_root: str | Path, model: str, channel: str, scorer: str, m
 
 def save_scores(path: str | Path, test: np.ndarray, calib: np.ndarray, names: Sequence[str],
                 calib_names: Sequence[str], calib_kind: str, variant: str = "",
-                iterations: Sequence[int] | None = None) -> Path:
+                iterations: Sequence[int] | None = None, settings: Mapping[str, Any] | None = None) -> Path:
     """Write one score file atomically: test and calibration scores (float64), the test clips' names, the training
-    clips the calibration scores belong to, how they were made ('loo' or 'holdout'), the scorer's variant and, for
-    GMM and AE, the iterations of the final and the calibration fit."""
+    clips the calibration scores belong to, how they were made ('loo' or 'holdout'), the scorer's variant, for
+    GMM and AE the iterations of the final and the calibration fit, and the settings the scores were made with
+    (JSON; ``score_settings`` reads them)."""
     extra = {} if iterations is None else {"iterations": np.asarray(iterations)}
+    if settings is not None:
+        extra["settings"] = np.array(json.dumps(settings, sort_keys=True))
     return atomic_savez(path, test=np.asarray(test, dtype=np.float64), calib=np.asarray(calib, dtype=np.float64),
                         names=np.asarray(names).astype(str), calib_names=np.asarray(calib_names).astype(str),
                         calib_kind=np.array(calib_kind), variant=np.array(variant), **extra)
@@ -431,12 +434,24 @@ def load_scores(path: str | Path) -> dict[str, Any]:
     out["names"] = out["names"].astype(str)
     if "calib_names" in out:
         out["calib_names"] = out["calib_names"].astype(str)
-    for key in ("calib_kind", "variant"):
+    for key in ("calib_kind", "variant", "settings"):
         if key in out:
             out[key] = str(out[key])
     if out["test"].ndim != 1 or len(out["test"]) != len(out["names"]):
         raise ValueError(f"{path}: {len(out['test'])} test scores but {len(out['names'])} names")
     return out
+
+
+def score_settings(score_root: str | Path, model: str, channel: str, scorer: str) -> dict[str, Any]:
+    """The settings recorded in the score files of ``model`` / ``channel`` / ``scorer`` (``save_scores``), {} when
+    there are none. Notebooks 03a-03d compare them with their parameters (``params.exercise_folder``)."""
+    for machine in scored_machines(score_root, model, channel, scorer)[:1]:
+        try:
+            with np.load(score_path(score_root, model, channel, scorer, machine), allow_pickle=False) as z:
+                return json.loads(str(z["settings"])) if "settings" in z.files else {}
+        except (OSError, ValueError, zipfile.BadZipFile):
+            return {}
+    return {}
 
 
 def scored_machines(score_root: str | Path, model: str, channel: str, scorer: str) -> list[str]:

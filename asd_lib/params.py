@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 # the run's folders live in asd_lib.artifacts; Layout and layout stay importable from here for the notebooks
-from asd_lib.artifacts import LEAKY_SELECTION, Layout, layout, leaky_selection_file  # noqa: F401
+from asd_lib.artifacts import LEAKY_SELECTION, Layout, layout, leaky_selection_file, params_file  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,14 @@ def exercise_folder(name: str, recorded: Mapping[str, Any], wanted: Mapping[str,
         log.info("%s: %s; %s stays as it is, this run writes %s", name, describe_changes(changed), kept, folder)
         return folder, changed
     return name, changed
+
+
+def system_run_values(results_dir: str | Path, system: str) -> dict[str, Any]:
+    """The merged parameter values of the system's last ``asd-run`` (results/<system>/params.json), {} when none."""
+    try:
+        return json.loads(params_file(results_dir, system).read_text())["values"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 class ParamsError(ValueError):

@@ -99,13 +99,16 @@ params_knn = {"n_neighbors": knn_k}
 # what this scorer alone achieves.
 
 # %%
-written = scorers.score_embeddings(L.embeddings, L.scores, models, channel=channel, scorers=("knn",),
+# by hand with other settings than the system's (an exercise) this writes its own folder, scores/knn~<what differs>
+scores = scorers.exercise_scores(L, models, channel, "knn",
+                                 scorers.stage_settings(preprocess, calibration, seed, params_knn))
+written = scorers.score_embeddings(L.embeddings, scores, models, channel=channel, scorers=("knn",),
                                    preprocess=preprocess, calibration=calibration, seed=seed, force=True,
                                    scorer_params={"knn": params_knn})
-print(len(written), "score files under", L.scores)
+print(len(written), "score files under", scores)
 
 # %%
-print(scorers.raw_score_aucs(L.scores, L.embeddings, models, channel, "knn").round(3))
+print(scorers.raw_score_aucs(scores, L.embeddings, models, channel, "knn").round(3))
 
 # %% [markdown]
 # ## Artifacts written
@@ -120,8 +123,9 @@ print(scorers.raw_score_aucs(L.scores, L.embeddings, models, channel, "knn").rou
 #
 # ## Exercises
 #
-# Exercises 2 and 3 change a setting of this stage: re-running the notebook with it rewrites the KNN scores under
-# `results/<regime>/scores/`, which `04_normalise_and_fuse` fuses. Put the value back and re-run (or run `asd-run` again) to restore them.
+# Exercises 2 and 3 change a setting of this stage. Run by hand with it, the notebook writes its scores to a folder of
+# their own, named by what differs (`results/<regime>/scores/knn~n_neighbors=1/`), and prints which; the scores that
+# `04_normalise_and_fuse` fuses stay as they are.
 #
 # 1. Replace the k-th distance by the mean of the k nearest (`pooling="mean"` in `KNNScorer`). Which is better here?
 # 2. A machine has few target-domain training clips (10 in the real data, 4 in the demo's `small` preset). What

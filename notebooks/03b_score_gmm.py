@@ -74,13 +74,16 @@ params_gmm = scorers.scorer_params_from(dict(gmm_components=gmm_components, gmm_
 # what this scorer alone achieves.
 
 # %%
-written = scorers.score_embeddings(L.embeddings, L.scores, models, channel=channel, scorers=("gmm",),
+# by hand with other settings than the system's (an exercise) this writes its own folder, scores/gmm~<what differs>
+scores = scorers.exercise_scores(L, models, channel, "gmm",
+                                 scorers.stage_settings(preprocess, calibration, seed, params_gmm))
+written = scorers.score_embeddings(L.embeddings, scores, models, channel=channel, scorers=("gmm",),
                                    preprocess=preprocess, calibration=calibration, seed=seed, force=True,
                                    scorer_params={"gmm": params_gmm})
-print(len(written), "score files under", L.scores)
+print(len(written), "score files under", scores)
 
 # %%
-print(scorers.raw_score_aucs(L.scores, L.embeddings, models, channel, "gmm").round(3))
+print(scorers.raw_score_aucs(scores, L.embeddings, models, channel, "gmm").round(3))
 
 # %% [markdown]
 # ## Artifacts written
@@ -96,7 +99,11 @@ print(scorers.raw_score_aucs(L.scores, L.embeddings, models, channel, "gmm").rou
 #
 # ## Exercises
 #
-# 1. Try `covariance_type="full"` through `scorer_params`. Why does it fail or overfit with few training clips?
+# Exercise 1 changes a setting of this stage. Run by hand with it, the notebook writes its scores to a folder of their
+# own, named by what differs (`results/<regime>/scores/gmm~covariance_type=full/`), and prints which; the scores that
+# `04_normalise_and_fuse` fuses stay as they are.
+#
+# 1. Try `covariance_type="full"` (add it to `params_gmm`). Why does it fail or overfit with few training clips?
 # 2. Plot the calibration scores (`calib`) against the test scores of normal clips. Are they on the same scale?
 # 3. With 6 components and a few target clips (10 in the real data, 4 in the demo), does a component end up on the
 #    target domain? Inspect `gmm.weights_`.

@@ -94,13 +94,16 @@ params_ae = {"bottleneck": ae_bottleneck, "max_epochs": ae_epochs, "patience": a
 # what this scorer alone achieves.
 
 # %%
-written = scorers.score_embeddings(L.embeddings, L.scores, models, channel=channel, scorers=("ae",),
+# by hand with other settings than the system's (an exercise) this writes its own folder, scores/ae~<what differs>
+scores = scorers.exercise_scores(L, models, channel, "ae",
+                                 scorers.stage_settings(preprocess, calibration, seed, params_ae))
+written = scorers.score_embeddings(L.embeddings, scores, models, channel=channel, scorers=("ae",),
                                    preprocess=preprocess, calibration=calibration, seed=seed, force=True,
                                    scorer_params={"ae": params_ae})
-print(len(written), "score files under", L.scores)
+print(len(written), "score files under", scores)
 
 # %%
-print(scorers.raw_score_aucs(L.scores, L.embeddings, models, channel, "ae").round(3))
+print(scorers.raw_score_aucs(scores, L.embeddings, models, channel, "ae").round(3))
 
 # %% [markdown]
 # ## Artifacts written
@@ -115,9 +118,9 @@ print(scorers.raw_score_aucs(L.scores, L.embeddings, models, channel, "ae").roun
 #
 # ## Exercises
 #
-# Exercise 2 changes a setting of this stage: re-running the notebook with it rewrites the AE scores under
-# `results/<regime>/scores/`, which `04_normalise_and_fuse` fuses. Put the value back and re-run (or run `asd-run`
-# again) to restore them.
+# Exercise 2 changes a setting of this stage. Run by hand with it, the notebook writes its scores to a folder of their
+# own, named by what differs (`results/<regime>/scores/ae~bottleneck=4/`), and prints which; the scores that
+# `04_normalise_and_fuse` fuses stay as they are.
 #
 # 1. Remove the spectral normalisation (edit `reconstruct` and train your own torch version). Does the score get better or worse?
 # 2. Set `ae_bottleneck = 4` and `= 128`. Where is the sweet spot on this benchmark?

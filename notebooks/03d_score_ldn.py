@@ -99,13 +99,16 @@ params_ldn = scorers.scorer_params_from(dict(ldn_variant=ldn_variant, ldn_r=ldn_
 # what this scorer alone achieves.
 
 # %%
-written = scorers.score_embeddings(L.embeddings, L.scores, models, channel=channel, scorers=("ldn",),
+# by hand with other settings than the system's (an exercise) this writes its own folder, scores/ldn~<what differs>
+scores = scorers.exercise_scores(L, models, channel, "ldn",
+                                 scorers.stage_settings(preprocess, calibration, seed, params_ldn))
+written = scorers.score_embeddings(L.embeddings, scores, models, channel=channel, scorers=("ldn",),
                                    preprocess=preprocess, calibration=calibration, seed=seed, force=True,
                                    scorer_params={"ldn": params_ldn})
-print(len(written), "score files under", L.scores)
+print(len(written), "score files under", scores)
 
 # %%
-print(scorers.raw_score_aucs(L.scores, L.embeddings, models, channel, "ldn").round(3))
+print(scorers.raw_score_aucs(scores, L.embeddings, models, channel, "ldn").round(3))
 
 # %% [markdown]
 # ## Artifacts written
@@ -121,9 +124,9 @@ print(scorers.raw_score_aucs(L.scores, L.embeddings, models, channel, "ldn").rou
 #
 # ## Exercises
 #
-# Exercises 1 and 2 change settings of this stage: re-running the notebook with them rewrites the LDN scores under
-# `results/<regime>/scores/`, which `04_normalise_and_fuse` fuses. Put the values back and re-run (or run `asd-run`
-# again) to restore them.
+# Exercises 1 and 2 change settings of this stage. Run by hand with them, the notebook writes its scores to a folder
+# of their own, named by what differs (`results/<regime>/scores/ldn~r=0.5/`), and prints which; the scores that
+# `04_normalise_and_fuse` fuses stay as they are.
 #
 # 1. Sweep `ldn_r` over 0.5, 0.9, 0.98, 0.999 and watch the target-domain AUC. Where does the cluster exit start?
 # 2. Switch to `ldn_variant = "reference"` with `ldn_k = 1`. Does the un-normalised sum matter for the ranking of clips

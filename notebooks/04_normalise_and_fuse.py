@@ -34,7 +34,6 @@ epoch_scale = 0.1
 data_root = 'results/synth/small_seed0'
 
 # %%
-import json
 from pathlib import Path
 
 import numpy as np
@@ -42,10 +41,14 @@ import pandas as pd
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
-from asd_lib import artifacts, data, fusion, metrics, plots, submission
+from asd_lib import artifacts, data, fusion, metrics, params as P, plots, submission
 
 ROOT = plots.setup(seed=seed, figures_dir=figures_dir)
-L = artifacts.layout(results_dir, regime, system)
+# by hand with other settings than the system's last run (an exercise) this writes results/<system>~<what differs>/
+run_params = P.system_run_values(results_dir, system)
+own, _ = P.exercise_folder(system, run_params, P.namespace_values(globals(), "04_normalise_and_fuse"),
+                           "the submission and result.csv that 05 reads")
+L = artifacts.layout(results_dir, regime, own)
 models = L.models(ensemble, epoch_scale, epoch_selection)
 all_scorers = ["knn", "gmm", "ae", "ldn"]
 names, raw = fusion.load_machine_scores(L.scores, models, all_scorers, "fan", channel)
@@ -173,8 +176,6 @@ res.table.set_index("machine")[["AUC (source)", "AUC (target)", "pAUC", "F1 scor
 if evalset and epoch_selection != "fixed":
     print("not packaged for the organisers:", submission.LEAKY_NOTE)
 elif evalset:
-    run_file = L.system_dir / "params.json"  # the runner's merged parameters, for the metadata
-    run_params = json.loads(run_file.read_text())["values"] if run_file.is_file() else {}
     meta = submission.meta_template("", system, {**run_params, "fusion_mode": fusion_mode, "fusion_pool": fusion_pool,
                                                  "ensemble": models, "channel": channel}, dev_result=res)
     pkg = submission.write_package(L.eval_submission, L.package, team, submission_index, meta)
@@ -210,9 +211,9 @@ else:
 #
 # ## Exercises
 #
-# Exercises 1, 2 and 4 change settings of this system: re-running the notebook with them rewrites its submission and
-# `result.csv` under `results/<system>/`, which `05_results_tables` reads. Put the values back and re-run (or run
-# `asd-run` again) to restore them.
+# Exercises 1, 2 and 4 change settings of this system. Run by hand with them, the notebook writes its submission and
+# `result.csv` to a folder of their own, named by what differs (`results/dev_offline~fusion_pool=mean/`), and prints
+# which; the system's folder, which `05_results_tables` reads, stays as it is.
 #
 # 1. Switch `fusion_pool` to `"mean"` and `"max"` for this system. Which gives the best official score, and why?
 # 2. Run the online system with `online_normalisation = "aau-constants"`. What happens to the fused scores, and why do

@@ -224,8 +224,8 @@ print(f"{len(full)} classes with the whole tail, {len({shortened(c) for c in ful
 #
 # ## Exercises
 #
-# Exercise 1 re-runs `04_normalise_and_fuse` with another setting, which rewrites that system's submission and
-# `result.csv`: put the value back and re-run 04 (or run `asd-run` again) afterwards.
+# Exercise 1 re-runs `04_normalise_and_fuse` by hand with another setting: 04 then writes to a folder of its own
+# (`results/dev_online~online_decision=aau-minmax/`), and the system's submission that 05 reads stays as it is.
 #
 # 1. Re-run `04_normalise_and_fuse` for an online system with `online_decision = "aau-minmax"`. Which metrics change,
 #    and which cannot (hint: AUC and pAUC use scores only)?

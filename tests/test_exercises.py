@@ -51,3 +51,28 @@ def test_an_exercise_writes_its_own_folder_and_the_runner_keeps_the_systems(monk
     assert P.exercise_folder("beats@11", recorded, dict(recorded), "x") == ("beats@11", {})
     monkeypatch.setenv(P.RUNNER_ENV, "1")  # under asd-run the system's own settings changed: same folder
     assert P.exercise_folder("beats@11", recorded, wanted, "x") == ("beats@11", {"pooling": ("gem", "mean")})
+
+
+def test_a_scoring_exercise_writes_its_own_scores_and_04_keeps_the_systems(tmp_path: Path, monkeypatch):
+    """03a-03d: the score files record their settings; run by hand with others, the notebook's score root is its own
+    folder named by what differs, and under the runner (or with the same settings) it is the system's."""
+    import numpy as np
+
+    from asd_lib import artifacts, scorers
+    from test_scorers import _fake_embeddings
+
+    L = artifacts.layout(tmp_path, "dev")
+    _fake_embeddings(L.embeddings, ["beats@1"], ["fan"], np.random.default_rng(0))
+    system = scorers.stage_settings("aau", "holdout", 0, {"n_neighbors": 6})
+    scorers.score_embeddings(L.embeddings, L.scores, ["beats@1"], scorers=("knn", "ae"),
+                             scorer_params={"knn": {"n_neighbors": 6}, "ae": {"max_epochs": 2}})
+    assert artifacts.score_settings(L.scores, "beats@1", "ch0", "knn") == system
+    assert artifacts.score_settings(L.scores, "beats@1", "ch0", "ae")["max_epochs"] == 2  # batched AE files too
+    assert artifacts.score_settings(L.scores, "beats@1", "ch0", "gmm") == {}  # nothing scored: nothing to protect
+    monkeypatch.delenv(P.RUNNER_ENV, raising=False)
+    assert scorers.exercise_scores(L, ["beats@1"], "ch0", "knn", system) == L.scores
+    exercise = scorers.stage_settings("aau", "holdout", 0, {"n_neighbors": 1})
+    own = scorers.exercise_scores(L, ["beats@1"], "ch0", "knn", exercise)
+    assert own == L.regime_dir / "scores" / "knn~n_neighbors=1"
+    monkeypatch.setenv(P.RUNNER_ENV, "1")
+    assert scorers.exercise_scores(L, ["beats@1"], "ch0", "knn", exercise) == L.scores

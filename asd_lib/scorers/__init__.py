@@ -39,7 +39,7 @@ from .gmm import GMMScorer
 from .knn import KNNScorer
 from .ldn import LDNScorer, gwrp_truncation
 from .preprocess import AAUPreprocess
-from .stage import raw_score_aucs, score_embeddings
+from .stage import exercise_scores, raw_score_aucs, score_embeddings, stage_settings
 
 __all__ = [
     "AAUPreprocess",
@@ -58,6 +58,8 @@ __all__ = [
     "make_scorer",
     "takes_raw_embeddings",
     "score_embeddings",
+    "stage_settings",
+    "exercise_scores",
     "raw_score_aucs",
     "score_path",
     "fitted_path",

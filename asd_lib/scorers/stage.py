@@ -13,9 +13,10 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 
+from asd_lib import params as P
 from asd_lib import scorer_io  # scorer_io reads this package's classes: bound as a module, used when called
-from asd_lib.artifacts import (embedded_machines, fitted_path, load_embeddings, load_scores, save_scores, score_path,
-                               scored_machines)
+from asd_lib.artifacts import (Layout, embedded_machines, fitted_path, load_embeddings, load_scores, save_scores,
+                               score_path, score_settings, scored_machines, scores_dir)
 from asd_lib.scorers import autoencoder
 from asd_lib.scorers.calibration import fit_iterations, fit_scorer, holdout_split
 from asd_lib.scorers.checks import domain_array
@@ -28,6 +29,22 @@ log = logging.getLogger(__name__)
 def _save_fitted(est: BaseEstimator, pre: AAUPreprocess | None, scorer: str, path: Path) -> None:
     """Store the fitted scorer as the online system will run it: behind its preprocessing when it had one."""
     scorer_io.save_scorer(Pipeline([("pre", pre), (scorer, est)]) if pre is not None else est, path)
+
+
+def stage_settings(preprocess: str, calibration: str, seed: int, params: Mapping[str, Any]) -> dict[str, Any]:
+    """What a scorer's score files depend on besides the embeddings: recorded in them by ``score_embeddings``, and
+    compared by notebooks 03a-03d with their own parameters (``exercise_scores``)."""
+    return {"preprocess": preprocess, "calibration": calibration, "seed": int(seed), **dict(params)}
+
+
+def exercise_scores(layout: Layout, models: Sequence[str], channel: str, scorer: str,
+                    settings: Mapping[str, Any]) -> Path:
+    """The score root a scoring notebook writes: the system's (``layout.scores``), or, when it runs by hand with other
+    ``settings`` than the system's scores were made with (an exercise), its own ``scores/<scorer>~<what differs>``
+    beside them, so that the fusion (04) keeps reading the system's scores."""
+    recorded = score_settings(layout.scores, models[0], channel, scorer)
+    folder, _ = P.exercise_folder(scorer, recorded, settings, f"the {scorer} scores that 04 fuses")
+    return layout.scores if folder == scorer else scores_dir(layout.regime_dir, folder)
 
 
 def score_embeddings(
@@ -105,7 +122,8 @@ def score_embeddings(
                 pre = pre_all if v is views else None
                 if sid == "ae" and ae_batched:
                     ae_jobs.append(dict(est=est, views=v, out=out, te_names=te_names, calib_names=tr_names[held],
-                                        pre=pre, fitted=fitted_path(score_root, model, channel, sid, machine)))
+                                        pre=pre, fitted=fitted_path(score_root, model, channel, sid, machine),
+                                        settings=stage_settings(preprocess, calibration, seed, sp)))
                     continue
                 est = fit_scorer(est, v["train"], dom)
                 _save_fitted(est, pre, sid, fitted_path(score_root, model, channel, sid, machine))
@@ -119,7 +137,8 @@ def score_embeddings(
                     fits = [est, held_est]
                 its = [fit_iterations(e) for e in fits]
                 save_scores(out, test, calib, te_names, cnames, kind, variant=str(sp.get("variant", "")),
-                            iterations=its if len(its) == 2 and None not in its else None)
+                            iterations=its if len(its) == 2 and None not in its else None,
+                            settings=stage_settings(preprocess, calibration, seed, sp))
                 written.append(out)
     if ae_jobs:
         written += _score_ae_batched(ae_jobs)
@@ -141,7 +160,7 @@ def _score_ae_batched(jobs: list[dict[str, Any]]) -> list[Path]:
         test = reconstruction_mse(res[2 * j]["params"], job["views"]["test"], ae.device)
         calib = reconstruction_mse(res[2 * j + 1]["params"], job["views"]["held"], ae.device)
         save_scores(job["out"], test, calib, job["te_names"], job["calib_names"], "holdout",
-                    iterations=[res[2 * j]["n_epochs"], res[2 * j + 1]["n_epochs"]])
+                    iterations=[res[2 * j]["n_epochs"], res[2 * j + 1]["n_epochs"]], settings=job["settings"])
         written.append(job["out"])
     return written
 
