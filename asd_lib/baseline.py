@@ -24,8 +24,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+import scipy.stats
+import soundfile as sf
 
 from asd_lib import progress
+from asd_lib.data import load_clip, scan
 
 N_FFT, HOP, N_MELS, FRAMES, POWER = 1024, 512, 128, 5, 2.0
 SAMPLE_RATE = 16000
@@ -83,7 +86,7 @@ _FB_CACHE: dict[tuple, np.ndarray] = {}
 def log_mel(wave: np.ndarray, sr: int = SAMPLE_RATE, n_fft: int = N_FFT, hop: int = HOP, n_mels: int = N_MELS,
             power: float = POWER) -> np.ndarray:
     """Log-mel (n_mels, n_frames) float64 of a mono wave (T,): hann STFT, centred with zero padding, eps floor."""
-    import torch
+    import torch  # heavy: only the functions that run the network or the STFT need it
     key = (sr, n_fft, n_mels)
     if key not in _FB_CACHE:
         _FB_CACHE[key] = mel_filterbank(sr, n_fft, n_mels)
@@ -109,7 +112,6 @@ def wave_to_vectors(wave: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
 
 def file_to_vectors(path: str | os.PathLike, channel: int = 0) -> np.ndarray:
     """Baseline feature vectors (n_vectors, 640) float32 of one WAV file, channel 0 (the near microphone)."""
-    import soundfile as sf
     x, sr = sf.read(str(path), dtype="float32", always_2d=True)
     if sr != SAMPLE_RATE:
         raise ValueError(f"expected {SAMPLE_RATE} Hz audio, got {sr} Hz: {path}")
@@ -123,7 +125,7 @@ def file_to_vectors(path: str | os.PathLike, channel: int = 0) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------
 def build_autoencoder(input_dim: int = N_MELS * FRAMES, hidden: int = 128, bottleneck: int = 8):
     """The baseline AE (torch.nn.Module): forward(x (B, input_dim)) -> reconstruction (B, input_dim)."""
-    import torch.nn as nn
+    import torch.nn as nn  # heavy: see log_mel
 
     def block(i: int, o: int) -> list:
         return [nn.Linear(i, o), nn.BatchNorm1d(o, momentum=0.01, eps=1e-3), nn.ReLU()]
@@ -168,7 +170,7 @@ def selective_covariance(batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndar
 
 def inverse_covariances(cov_s: np.ndarray, cov_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """float32 inverses (as the baseline's torch.inverse in float32), returned as float64 arrays."""
-    import torch
+    import torch  # heavy: see log_mel
     inv = [torch.inverse(torch.as_tensor(c, dtype=torch.float32)).double().numpy() for c in (cov_s, cov_t)]
     return inv[0], inv[1]
 
@@ -193,14 +195,12 @@ def mse_score(x: np.ndarray, recon: np.ndarray) -> float:
 
 def gamma_fit(scores: Sequence[float]) -> tuple[float, float, float]:
     """scipy.stats.gamma.fit (shape, loc, scale) of the calibration scores, as the baseline fits them."""
-    import scipy.stats
     a, loc, scale = scipy.stats.gamma.fit(np.asarray(scores, dtype=float))
     return float(a), float(loc), float(scale)
 
 
 def gamma_threshold(params: tuple[float, float, float], q: float = 0.9) -> float:
     """The q quantile of the fitted gamma distribution (the baseline's decision threshold)."""
-    import scipy.stats
     return float(scipy.stats.gamma.ppf(q, params[0], loc=params[1], scale=params[2]))
 
 
@@ -218,7 +218,7 @@ class TrainedBaseline:
 
     def reconstruct(self, x: np.ndarray) -> np.ndarray:
         """Reconstruction (B, D) in eval mode."""
-        import torch
+        import torch  # heavy: see log_mel
         self.model.eval()
         with torch.no_grad():
             return self.model(torch.as_tensor(x, dtype=torch.float32)).numpy()
@@ -239,7 +239,7 @@ def train_baseline(vectors: np.ndarray, is_target: np.ndarray, *, epochs: int = 
     MSE threshold: gamma fit of the last epoch's per-batch training losses plus the validation batch losses;
     MAHALA threshold: gamma fit of per-batch Mahalanobis scores of the training and validation batches.
     """
-    import torch
+    import torch  # heavy: see log_mel
     from torch.utils.data import DataLoader, TensorDataset
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -308,16 +308,11 @@ def _manifest(data: str | os.PathLike | pd.DataFrame, ground_truth=None) -> pd.D
     """A scan manifest from a data root (asd_lib.data.scan) or an existing DataFrame."""
     if isinstance(data, pd.DataFrame):
         return data
-    from asd_lib.data import scan
     return scan(data, ground_truth=ground_truth) if ground_truth is not None else scan(data)
 
 
 def _clip_vectors(path: str) -> np.ndarray:
-    """Channel-0 baseline vectors of one clip, loaded through asd_lib.data.load_clip when available."""
-    try:
-        from asd_lib.data import load_clip
-    except ImportError:  # pragma: no cover - data module missing
-        return file_to_vectors(path)
+    """Channel-0 baseline vectors of one clip, loaded through asd_lib.data.load_clip."""
     wave = load_clip(path, channels=(0,))
     return wave_to_vectors(np.asarray(wave)[0])
 
@@ -331,7 +326,7 @@ def run_baseline(data: str | os.PathLike | pd.DataFrame, machines: Sequence[str]
     training and test clips.  ``score`` 'MAHALA', 'MSE' or both.  Returns {'dirs': {score: Path}, 'machines': {...
     thresholds, gamma params, timings}}.
     """
-    from asd_lib.submission import write_submission
+    from asd_lib.submission import write_submission  # sklearn (via metrics): only this function writes
     scores = [score] if isinstance(score, str) else list(score)
     for s in scores:
         if s not in SCORES:
@@ -386,8 +381,7 @@ def table2(results: dict[str, "object"], machines: Sequence[str] | None = None) 
     AUCs, :func:`asd_lib.metrics.paper_style_scores`; NOT official).  Per-machine AUC is the mean of the official
     AUC (source) and AUC (target) (the baseline's "arithmetic mean" row).
     """
-    import scipy.stats
-    from asd_lib.metrics import paper_style_scores
+    from asd_lib.metrics import paper_style_scores  # sklearn: only the evaluating functions need it
     cols, data = [], {}
     for name, res in results.items():
         t = res.table
@@ -411,6 +405,6 @@ def table2(results: dict[str, "object"], machines: Sequence[str] | None = None) 
 def evaluate_baseline(out_dir: str | os.PathLike, ground_truth: str | os.PathLike | None = None,
                       scores: Sequence[str] = SCORES) -> tuple[pd.DataFrame, dict]:
     """Evaluate run_baseline's submissions; returns (Table 2 DataFrame, {score: EvaluationResult})."""
-    from asd_lib.metrics import evaluate_submission
+    from asd_lib.metrics import evaluate_submission  # sklearn: see table2
     res = {s: evaluate_submission(Path(out_dir) / s, ground_truth, ci=False) for s in scores}
     return table2(res), res

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import difflib
 import re
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,8 +270,6 @@ def wav_truncation(path: Path) -> tuple[int, int] | None:
 
     libsndfile silently reads what is there, so a download cut short would go unnoticed without this check.
     """
-    import struct
-
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(12)
@@ -296,8 +295,6 @@ def wav_state(path: str | Path) -> str:
     'incomplete' (fewer bytes than the header declares: a copy or download still running, or cut short); 'other'
     (not RIFF/WAVE: left to the reader to refuse).
     """
-    import struct
-
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as fh:
@@ -330,7 +327,7 @@ def load_clip(
     duration: float | None = None,
 ) -> np.ndarray:
     """Read a WAV as float32 (C, T): pick `channels`, resample to `sample_rate` (with a warning), crop/pad to `duration` s."""
-    import soundfile as sf
+    import soundfile as sf  # heavy: keeps `import asd_lib.data` light
 
     path = Path(path)
     if not path.is_file():
@@ -372,7 +369,7 @@ def load_clip(
                                   f"({bad_at / sr:.3f} s). Re-export or regenerate the file; it would train or "
                                   "score as garbage.")
     if sr != sample_rate:
-        import torch
+        import torch  # heavy: only to resample
         import torchaudio.functional as AF
 
         warnings.warn(f"{path}: sample rate {sr} Hz, resampled to {sample_rate} Hz", stacklevel=2)

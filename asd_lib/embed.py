@@ -21,6 +21,9 @@ distance-based neighbourhoods be dominated by whichever channel varies more). ``
 checkpoint fine-tuned with ``channel_input='joint'``): both channels in one token sequence
 (``asd_lib.backbones.joint``), the 2N tokens pooled together into one D-dimensional embedding; the channel
 embedding is read from the ``epoch_XXX.head.pt`` next to the checkpoint.
+
+torch, pandas and the modules that bring them (``asd_lib.backbones``, ``asd_lib.data``) are imported inside the
+functions that use them: reading embeddings from here needs neither.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import soundfile as sf
 
 from asd_lib.artifacts import (embedded_machines, embedding_path, embedding_settings, embedding_source,  # noqa: F401
                                embeddings_current, load_embeddings, save_embeddings)
@@ -114,8 +118,6 @@ def _check_joint(encoder: Any, channel: str) -> None:
 
 
 def _clip_lengths(paths: Sequence[str]) -> list[int]:
-    import soundfile as sf
-
     out = []
     for p in paths:
         info = sf.info(p)

@@ -12,7 +12,7 @@ import json
 import sys
 
 from asd_lib import logs
-from asd_lib.metrics import EvaluationError, evaluate_submission, format_summary, paper_style_scores
+from asd_lib.metrics import EvaluationError, atomic_write_text, evaluate_submission, format_summary, paper_style_scores
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         print(f"results -> {res.to_csv(args.out)}")
     if args.json:
-        from asd_lib.metrics import atomic_write_text
         blob = {"official_score": res.official_score, "official_score_csv": res.official_score_csv,
                 "paper_csv": res.paper_csv, "evaluator_ci": res.evaluator_ci, "jackknife_ours": res.jackknife_ours,
                 "per_machine": res.table.to_dict(orient="records"), "paper_style_NOT_OFFICIAL": paper}

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+import numpy as np
+
 
 def _read_umask() -> int:
     mask = os.umask(0o022)
@@ -48,8 +50,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_savez(path: str | os.PathLike, **arrays) -> Path:
     """``numpy.savez`` to ``path`` through a synced temporary file and a rename; returns the path."""
-    import numpy as np
-
     with _atomic_file(path, "wb", sync=True) as fh:
         np.savez(fh, **arrays)
     return Path(path)
@@ -57,7 +57,7 @@ def atomic_savez(path: str | os.PathLike, **arrays) -> Path:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to ``path`` through a uniquely named temporary file in the same folder and a rename."""
-    import torch
+    import torch  # heavy: keeps `import asd_lib.run` free of torch
 
     with _atomic_file(path, "wb") as fh:
         torch.save(obj, fh)
@@ -124,7 +124,7 @@ def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ".lock"
     try:
-        import fcntl
+        import fcntl  # POSIX only: the except runs unlocked without it
     except ImportError:  # pragma: no cover - not POSIX
         yield path
         return

@@ -28,6 +28,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from asd_lib.data import scan
 from asd_lib.fsutil import atomic_write_text  # noqa: F401  (re-exported: submission and evaluate use it)
 import pandas as pd
 import scipy.stats
@@ -412,8 +413,6 @@ def expected_test_clips(data_root: str | os.PathLike, submission: str | os.PathL
     With ``submission``, only the sets (dev: labelled names; eval: ``section_00_NNNN.wav``) that its machines'
     files belong to: a dev submission is not asked for the evaluation machines of the same download.
     """
-    from asd_lib.data import scan
-
     test = scan(data_root)
     test = test[test["split"] == "test"]
     if submission is not None:

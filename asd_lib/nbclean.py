@@ -19,6 +19,9 @@ command line: then its notebook is created from it.
 
 ``--check`` changes nothing and exits 1 when some file would change (a notebook to clean, a twin missing, out of
 sync or without its notebook); CI runs it on ``notebooks/`` (``make test``).
+
+nbformat and jupytext (about a second to import) are imported inside the functions that use them, so importing
+this module and ``--help`` stay fast.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from asd_lib import params as P
 from asd_lib.fsutil import atomic_write_text
 
 KEEP_CELL_METADATA = ("tags",)
@@ -256,8 +260,6 @@ def create_from_twin(text_file: Path, notebook: Path) -> None:
 def write_parameters_cell(path: Path) -> bool:
     """Rewrite a notebook's tagged ``parameters`` cell from params/ (``params.smoke_parameters_cell``: its names, the
     smoke values, base.yaml's comments), and its twin; nothing else changes. True when the cell changed."""
-    from asd_lib import params as P
-
     nb = json.loads(path.read_text())
     cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
     text = P.smoke_parameters_cell(path)

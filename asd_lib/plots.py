@@ -5,13 +5,15 @@ nbval from the repository root): the working directory is the repository root, s
 resolve; one seed reaches ``random``, numpy and torch; thread counts are fixed; figures are PNG; numbers print to 3
 decimals. ``save_fig`` writes ``<figures_dir>/<fig_id>.png`` and ``.pdf`` (PDF without a creation date, so
 regenerating an unchanged figure changes no bytes). The figure helpers below draw the paper's figures from the
-kit's own artifacts; ``notebooks/06_paper_figures.ipynb`` introduces them.
+kit's own artifacts; ``notebooks/06_paper_figures.ipynb`` introduces them. Heavy imports (matplotlib, seaborn,
+scikit-learn, pandas, torch) are local to the functions that use them, so importing this module stays cheap.
 """
 from __future__ import annotations
 
 import os
 import random
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -28,7 +30,7 @@ def setup(seed: int = 0, figures_dir: str | os.PathLike = "figures", threads: in
           quiet: bool = True) -> Path:
     """Prepare a notebook: cwd = repository root, seeds, threads, plot style, save_fig folder; returns the root."""
     try:
-        from IPython import get_ipython
+        from IPython import get_ipython  # optional: the except below runs without it
 
         ip = get_ipython()
     except ImportError:  # pragma: no cover
@@ -67,8 +69,6 @@ def setup(seed: int = 0, figures_dir: str | os.PathLike = "figures", threads: in
     if ip is not None:
         ip.run_line_magic("config", "InlineBackend.figure_formats = ['png']")
     if quiet:
-        import warnings
-
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*weight_norm.*")
         warnings.filterwarnings("ignore", message="n_quantiles .* is greater than")  # tiny training sets

@@ -21,6 +21,6 @@ def enabled(requested: bool = True) -> bool:
 def bar(iterable: Iterable | None = None, *, desc: str = "", total: int | None = None, enabled_: bool = True,
         leave: bool = False, **kwargs: Any):
     """A ``tqdm.auto`` bar over ``iterable`` (or a manual one with ``total``), disabled by the policy above."""
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # heavy: keeps `import asd_lib.progress` (and asd-run --help) light
 
     return tqdm(iterable, desc=desc, total=total, disable=not enabled(enabled_), leave=leave, **kwargs)

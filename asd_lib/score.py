@@ -41,7 +41,7 @@ def _emit(obj: dict[str, Any]) -> None:
 
 def score_one(system: Any, path: str | Path, machine: str | None = None) -> bool:
     """Score one file and print its JSON line (or an error line); True when it was scored."""
-    from asd_lib.online import ClipError
+    from asd_lib.online import ClipError  # sklearn, scipy, pandas: keeps --help light
 
     try:
         res = system.score_clip(path, machine=machine)
@@ -76,7 +76,7 @@ def watch(system: Any, folder: str | Path, machine: str | None = None, poll: flo
     than declared) waits; after ``max_wait`` seconds of no change it gets an error line, and it is tried again as
     soon as it changes. Files that are not WAV at all go to the reader, which refuses them with an error line.
     """
-    from asd_lib.data import wav_state
+    from asd_lib.data import wav_state  # pandas: keeps --help light
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -164,10 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(info_stream="stderr")  # stdout carries the JSON lines
 
     if args.threads:
-        import torch
+        import torch  # heavy: only with --threads
 
         torch.set_num_threads(args.threads)
-    from asd_lib import online
+    from asd_lib import online  # sklearn, scipy, pandas: keeps --help light
 
     if args.export:
         if not args.params:

@@ -17,10 +17,12 @@ import csv
 import io
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import yaml
 
 from asd_lib.metrics import atomic_write_text, read_decisions, read_scores
 
@@ -177,10 +179,6 @@ def write_package(csv_dir: str | os.PathLike, root: str | os.PathLike, team: str
     CSVs from ``csv_dir`` and ``<label>.meta.yaml``, where ``team`` is ``<Lastname>_<Institute>`` and the label is
     ``<Lastname>_<Institute>_task2_<index>``. Every score file needs its decision file and the reverse; the package
     is rebuilt from scratch each time. Returns the system's folder."""
-    import shutil
-
-    import yaml
-
     last, _, institute = team.partition("_")
     label = system_label(last, institute, index)
     src = Path(csv_dir)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from asd_lib.artifacts import params_file, seed_repeats, submission_dir
+from asd_lib.data import DEV_MACHINES
 from asd_lib.fsutil import atomic_write_text
 
 MACHINES: tuple[str, ...] = ("ToyCar", "ToyCarEmu", "bearingEmu", "fan", "gearboxEmu", "sliderEmu", "valveEmu")
@@ -79,7 +80,7 @@ def tidy_from_result(res, system: str, seed: int = 0) -> pd.DataFrame:
     Block "official": AUC = mean of the official AUC(source), AUC(target); Score = the official score.
     Block "paper-style": AUC = mean of the domain-only AUCs; Score = Omega over 14 numbers.
     """
-    from asd_lib import metrics
+    from asd_lib import metrics  # sklearn, scipy: only the functions that evaluate need it
 
     paper = metrics.paper_style_scores(res)
     table = res.table.groupby("machine", sort=False).mean(numeric_only=True)
@@ -111,7 +112,7 @@ def collect(results_dir: str | os.PathLike, names: Iterable[str] = tuple(SYSTEM_
             machines: Sequence[str] = MACHINES, sub: str = "submission",
             ground_truth: str | os.PathLike | None = None) -> pd.DataFrame:
     """Evaluate every submission found for ``names`` (all seed repeats) and stack the tidy rows."""
-    from asd_lib import metrics
+    from asd_lib import metrics  # sklearn, scipy: only the functions that evaluate need it
 
     frames = []
     for name, seed, folder in find_submissions(results_dir, names, sub):
@@ -329,8 +330,7 @@ def evaluate_fused(fused: Mapping[str, pd.DataFrame], out_dir: str | os.PathLike
 
     Without ``ground_truth`` only the development-set machines count (a DEV+ADD regime also fuses the evaluation
     set, whose names carry no labels)."""
-    from asd_lib import metrics, submission
-    from asd_lib.data import DEV_MACHINES
+    from asd_lib import metrics, submission  # sklearn, scipy: only the functions that evaluate need them
 
     out = Path(out_dir)
     if ground_truth is None:

@@ -132,7 +132,7 @@ class Encoder(nn.Module):
 
     def save(self, path: str | Path, format: str | None = None) -> Path:
         """Write this encoder in an official format (BEATs {cfg, model}; EAT fairseq .pt or HF folder)."""
-        from .io import save_encoder
+        from .io import save_encoder  # circular: io imports this module
 
         return save_encoder(self, path, format=format)
 

@@ -34,7 +34,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from .base import Encoder, UnsupportedConfigError
+from .base import Encoder, StateDictMismatchError, UnsupportedConfigError
 
 # Field defaults of the official BEATsConfig (a cfg missing a field gets these, as the reference does).
 BEATS_DEFAULTS: dict[str, Any] = {
@@ -533,8 +533,6 @@ class BEATsEncoder(Encoder):
 
 def check_shared_bias(state: dict[str, torch.Tensor], n_layers: int, source: str) -> None:
     """Raise if the per-layer copies of the shared relative-bias table differ (the reference keeps the last)."""
-    from .base import StateDictMismatchError
-
     keys = [f"encoder.layers.{i}.self_attn.relative_attention_bias.weight" for i in range(n_layers)]
     present = [k for k in keys if k in state]
     if not present:

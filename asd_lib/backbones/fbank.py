@@ -13,6 +13,7 @@ Recipes (facts from docs/reference.md §4 and the test-vector READMEs):
 from __future__ import annotations
 
 import torch
+import torchaudio.compliance.kaldi as kaldi
 
 RECIPES = ("beats", "eat", "aau")
 
@@ -48,8 +49,6 @@ def _check_wave(wave: torch.Tensor) -> torch.Tensor:
 
 def beats_fbank(wave: torch.Tensor) -> torch.Tensor:
     """BEATs preprocessing: wave (B, T) float 16 kHz in [-1, 1] -> normalised fbank (B, frames, 128)."""
-    import torchaudio.compliance.kaldi as kaldi
-
     wave = _check_wave(wave)
     out = []
     for w in wave:
@@ -62,8 +61,6 @@ def beats_fbank(wave: torch.Tensor) -> torch.Tensor:
 
 def _eat_raw_fbank(w: torch.Tensor, remove_mean: bool) -> torch.Tensor:
     """Kaldi fbank of one clip (T,) with EAT's arguments -> (frames, 128), not normalised."""
-    import torchaudio.compliance.kaldi as kaldi
-
     if remove_mean:
         w = w - w.mean()
     return kaldi.fbank(w[None], htk_compat=True, sample_frequency=SAMPLE_RATE, use_energy=False,

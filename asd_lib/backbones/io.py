@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from ..fsutil import atomic_torch_save
 from .base import CheckpointFormatError, Encoder, UnsupportedConfigError, construct, load_strict
@@ -183,8 +184,6 @@ def _load_fairseq(obj: dict, fmt: str, source: str, recipe: str | None, override
 
 def _load_hf(folder: Path, recipe: str | None, overrides: dict[str, Any]) -> EATEncoder:
     """Build an EATEncoder from a Hugging Face folder (config.json + model.safetensors)."""
-    from safetensors.torch import load_file
-
     source = str(folder)
     with open(folder / "config.json", encoding="utf-8") as fh:
         hf = json.load(fh)
@@ -330,8 +329,6 @@ def save_encoder(enc: Encoder, path: str | Path, format: str | None = None) -> P
 
 def _save_hf(enc: EATEncoder, state: dict[str, torch.Tensor], folder: Path) -> Path:
     """Write a Hugging Face EAT folder (config.json + model.safetensors), each file atomically."""
-    from safetensors.torch import save_file
-
     c = enc.cfg
     hf: dict[str, Any] = dict(enc.source_cfg) if enc.source_format == "hf" and enc.source_cfg else {
         "architectures": ["EATModel"],

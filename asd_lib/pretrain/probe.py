@@ -25,7 +25,7 @@ from asd_lib.scorers import KNNScorer
 
 def random_like(encoder: Any, seed: int = 0) -> Any:
     """An encoder of the same class, cfg and recipe with seeded random weights (the probes' baseline)."""
-    from asd_lib.backbones import construct
+    from asd_lib.backbones import construct  # torch: only this function builds an encoder
 
     other = construct(type(encoder), encoder.cfg, encoder.recipe)
     other.reset_parameters(seed)

@@ -6,6 +6,9 @@ format) and records the run in ``checkpoints/manifest.json``. The state is saved
 ``work_dir``; a run that is stopped continues from there when started again with the same arguments. Each step
 draws its batch and its masks from generators seeded by (seed, step), so a resumed run is the same run, and a run
 is deterministic on CPU for a fixed thread count.
+
+torch, transformers, the encoder modules (``asd_lib.backbones``, ``.beats``, ``.sslam``) and the corpus generator
+(which brings pandas) are imported inside the functions that use them, so ``--help`` stays fast.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -90,8 +94,6 @@ def corpus(cfg: PretrainConfig, work_dir: Path, jobs: int = 1, progress: bool = 
 
 def _git_commit() -> str:
     """The repository's HEAD commit (with '+dirty' when the work tree has changes), or '' outside git."""
-    import subprocess
-
     root = Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
