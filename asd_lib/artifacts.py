@@ -114,6 +114,16 @@ class Layout:
         return timings_file(self.results_dir, self.system)
 
     @property
+    def result_file(self) -> Path:
+        """results/<system>/result.csv: notebook 04's evaluation of the development-set submission."""
+        return self.system_dir / "result.csv"
+
+    @property
+    def eval_result_file(self) -> Path:
+        """results/<system>/eval_result.csv: the same for the evaluation set, where its ground truth is at hand."""
+        return self.system_dir / "eval_result.csv"
+
+    @property
     def submission(self) -> Path:
         """results/<system>/submission: the organisers' CSV files (development set)."""
         return self.system_dir / "submission"

@@ -81,6 +81,12 @@ def write_submission(out_dir: str | os.PathLike, machine: str, names: Sequence[s
     return sp, dp
 
 
+def submitted_machines(out_dir: str | os.PathLike, section: str | int = "00") -> list[str]:
+    """The machines that have an anomaly-score file for ``section`` in a submission folder, sorted."""
+    prefix, suffix = "anomaly_score_", f"_section_{_sec(section)}_test.csv"  # score_file_name's parts
+    return sorted(p.name[len(prefix):-len(suffix)] for p in Path(out_dir).glob(f"{prefix}*{suffix}"))
+
+
 def read_submission(out_dir: str | os.PathLike, machine: str, section: str | int = "00"
                     ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Read back one machine's (names, scores (n,), decisions (n,)) in file order."""

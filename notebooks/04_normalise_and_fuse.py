@@ -155,7 +155,7 @@ if evalset:
 
 # %%
 res = metrics.evaluate_submission(L.submission, ci=False)
-res.to_csv(L.system_dir / "result.csv")
+res.to_csv(L.result_file)
 print(metrics.format_summary(res))
 paper = metrics.paper_style_scores(res)
 print(f"paper-style (NOT official): Omega {paper['omega_hmean14']:.3f}, mean AUC {paper['mean_auc']:.3f}, "
@@ -184,7 +184,7 @@ elif evalset:
     gt = Path(eval_ground_truth) if eval_ground_truth else Path(data_root) / "ground_truth"
     if gt.is_dir():
         ev = metrics.evaluate_submission(pkg, gt, ci=False)
-        ev.to_csv(L.system_dir / "eval_result.csv")
+        ev.to_csv(L.eval_result_file)
         print(f"evaluation set, scored with the ground truth in {gt}:")
         print(metrics.format_summary(ev))
     else:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from asd_lib import artifacts, data, fusion, plots, run, tables
+from asd_lib import artifacts, data, fusion, plots, run, submission, tables
 
 ROOT = plots.setup(seed=seed, figures_dir=figures_dir)
 L = artifacts.layout(results_dir, regime, system)
@@ -53,10 +53,9 @@ plots.save_fig("fig1_pipeline");
 
 # %%
 rows = []
-for f in sorted(L.submission.glob("anomaly_score_*_section_00_test.csv")):
-    machine = f.name[len("anomaly_score_"):-len("_section_00_test.csv")]
-    sub = pd.read_csv(f, header=None, names=["name", "score"])
-    for name, score in zip(sub["name"], sub["score"]):
+for machine in submission.submitted_machines(L.submission):
+    names, fused, _ = submission.read_submission(L.submission, machine)
+    for name, score in zip(names, fused):
         c = data.parse_name(name)
         rows.append({"machine": machine, "domain": c.domain, "label": c.label, "score": score})
 scores = pd.DataFrame(rows)

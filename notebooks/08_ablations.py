@@ -60,6 +60,7 @@ import pandas as pd
 
 from asd_lib import artifacts, data, embed, finetune, fusion, params as P, plots, scorers, tables
 from asd_lib.backbones import load_backbone
+from asd_lib.fsutil import atomic_write_text
 from asd_lib.pretrain.probe import random_like
 
 ROOT = plots.setup(seed=seed, figures_dir=figures_dir)
@@ -86,7 +87,7 @@ def variant(name, channel="ch0", fused_scorers=ALL, seed=seed, backbone=None, sc
             prep=preprocess, scorer_params=None, fuse="offline", **switches):
     settings = dict(classes_with_channel=True, head="arcface", trainable=trainable, top_k=beats_top_k) | switches
     epochs = 0 if settings["trainable"] == "frozen" else ablation_epochs
-    where = out / f"seed{seed}"
+    where = L.ablations(f"seed{seed}")
     if (name, seed) not in trained:  # train once per variant and seed; the channel only changes the embedding
         trained[name, seed] = finetune.finetune(man, ablation_backbone if backbone is None else backbone, where,
             backbone_id=name, epochs=epochs, keep_epochs=[epochs], arcface_s=arcface_s, arcface_m=arcface_m,
@@ -160,8 +161,8 @@ plots.save_fig("near_vs_far_channel");
 
 # %%
 model = f"paper@{ablation_epochs}"
-alone = {sc: [tables.evaluate_fused(fusion.fuse_offline(artifacts.scores_dir(out / f"seed{s}"), [model], [sc], "ch0"),
-                                    artifacts.variant_submission_dir(out / f"seed{s}", f"alone_{sc}")) for s in seeds] for sc in ALL}
+alone = {sc: [tables.evaluate_fused(fusion.fuse_offline(artifacts.scores_dir(L.ablations(f"seed{s}")), [model], [sc], "ch0"),
+                                    artifacts.variant_submission_dir(L.ablations(f"seed{s}"), f"alone_{sc}")) for s in seeds] for sc in ALL}
 alone["fused (min)"] = runs["paper (90 classes, ArcFace, fine-tuned)"]
 scorer_long, by_scorer = over_seeds(alone)
 print(by_scorer[["official score", "paper-style Ω", "pAUC"]].to_string())
@@ -314,9 +315,7 @@ rows = [
 ]
 paper_vs_code = pd.DataFrame(rows, columns=["difference", "paper text", "authors' code (kit default)", "kit option",
                                             "Δ official (other reading − code)"])
-tmp = out / ".paper_vs_code.csv.tmp"
-paper_vs_code.to_csv(tmp, index=False)
-tmp.replace(out / "paper_vs_code.csv")
+atomic_write_text(L.ablations("paper_vs_code.csv"), paper_vs_code.to_csv(index=False))
 print(paper_vs_code.to_string(index=False))
 
 # %%
@@ -324,9 +323,7 @@ table = pd.concat({"variant": summary_long, "channel": channel_long, "scorer": s
                    "paper vs code, scoring": scoring_long, "paper vs code, training": training_long,
                    "two microphones": two_mic_long}, names=["group"])
 table = table.reset_index(level=0).reset_index(drop=True)
-tmp = out / ".summary.csv.tmp"
-table.to_csv(tmp, index=False)
-tmp.replace(out / "summary.csv")
+atomic_write_text(L.ablations("summary.csv"), table.to_csv(index=False))
 # a setting that appears in two groups (the code-as-run reference) gets its group in its label
 shared = table.groupby("setting")["group"].transform("nunique") > 1
 table["bar"] = table["setting"].where(~shared, table["setting"] + " (" + table["group"] + ")")

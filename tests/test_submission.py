@@ -105,3 +105,13 @@ def test_evaluation_set_package_is_complete_and_the_evaluator_reads_it(tiny_data
     (tmp_path / "csv" / "decision_result_Sander_section_00_test.csv").unlink()
     with pytest.raises(ValueError, match="no decision file"):
         S.write_package(tmp_path / "csv", tmp_path / "package", "Doe_KitLab", 1, meta)
+
+
+def test_submitted_machines_lists_the_score_files_of_a_section(tmp_path):
+    from asd_lib.submission import submitted_machines, write_submission
+
+    for machine in ("fan", "ToyCarEmu"):
+        write_submission(tmp_path, machine, ["a.wav"], [0.5], [1])
+    (tmp_path / "anomaly_score_valve_section_01_test.csv").write_text("a.wav,0.1\n")  # another section
+    assert submitted_machines(tmp_path) == ["ToyCarEmu", "fan"]
+    assert submitted_machines(tmp_path, 1) == ["valve"]
