@@ -67,6 +67,8 @@ def setup(seed: int = 0, figures_dir: str | os.PathLike = "figures", threads: in
                                 "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
                                 "axes.spines.right": False, "svg.hashsalt": "asd-kit"})
     if ip is not None:
+        if matplotlib.get_backend().lower() == "agg":  # MPLBACKEND=Agg (the Makefile's) would hide every figure
+            ip.run_line_magic("matplotlib", "inline")
         ip.run_line_magic("config", "InlineBackend.figure_formats = ['png']")
     if quiet:
         warnings.filterwarnings("ignore", category=FutureWarning)

@@ -286,6 +286,23 @@ def test_a_notebook_run_outside_the_runner_checks_its_parameters(tmp_path: Path)
                             kernel_name=run.KERNEL, cwd=str(ROOT), progress_bar=False)
 
 
+def test_an_executed_notebook_keeps_its_figures_under_the_makefiles_agg_backend(tmp_path: Path, monkeypatch):
+    """`make` exports MPLBACKEND=Agg; plots.setup switches the kernel to the inline backend, so the committed
+    notebooks show their figures."""
+    import nbformat
+    import papermill as pm
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(f"from asd_lib import plots\nplots.setup(figures_dir={str(tmp_path)!r})\n"
+                                          "import matplotlib.pyplot as plt\nplt.plot([0, 1]);")]
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    pm.execute_notebook(str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"), kernel_name=run.KERNEL,
+                        cwd=str(ROOT), progress_bar=False)
+    outputs = nbformat.read(tmp_path / "out.ipynb", 4).cells[0].outputs
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+
+
 def test_the_runner_shows_one_bar_over_its_stages_in_a_terminal():
     import fcntl
     import pty
