@@ -44,7 +44,8 @@ from asd_lib.fsutil import atomic_savez
 __all__ = [
     "Layout", "layout", "seed_dir", "seed_repeats", "system_dir", "params_file", "timings_file", "records_dir",
     "submission_dir", "variant_submission_dir", "stage_records", "baseline_dir", "tables_dir", "pretrain_dirs",
-    "checkpoints_dir", "checkpoint_dir", "checkpoint_file", "head_file", "head_beside", "checkpoint_epochs", "leaky_selection_file",
+    "checkpoints_dir", "checkpoint_dir", "checkpoint_file", "head_file", "head_beside", "checkpoint_epochs",
+    "leaky_selection_file",
     "embeddings_dir", "embedding_dir", "embedding_path", "save_embeddings", "load_embeddings", "embeddings_current",
     "embedded_machines", "embedding_source", "score_settings", "embedding_settings",
     "scores_dir", "scorer_dir", "score_path", "fitted_path", "save_scores", "load_scores", "scored_machines",

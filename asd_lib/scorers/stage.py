@@ -117,13 +117,14 @@ def score_embeddings(
                 if verbose:
                     log.info("scoring %s/%s/%s/%s", model, channel, sid, machine)
                 sp = dict(scorer_params.get(sid, {}))
+                settings = stage_settings(preprocess, calibration, seed, sp)
                 est = make_scorer(sid, preprocess="none", seed=seed, device=device, **sp)
                 v = raw if takes_raw_embeddings(sid, sp) else views
                 pre = pre_all if v is views else None
                 if sid == "ae" and ae_batched:
                     ae_jobs.append(dict(est=est, views=v, out=out, te_names=te_names, calib_names=tr_names[held],
                                         pre=pre, fitted=fitted_path(score_root, model, channel, sid, machine),
-                                        settings=stage_settings(preprocess, calibration, seed, sp)))
+                                        settings=settings))
                     continue
                 est = fit_scorer(est, v["train"], dom)
                 _save_fitted(est, pre, sid, fitted_path(score_root, model, channel, sid, machine))
@@ -137,8 +138,7 @@ def score_embeddings(
                     fits = [est, held_est]
                 its = [fit_iterations(e) for e in fits]
                 save_scores(out, test, calib, te_names, cnames, kind, variant=str(sp.get("variant", "")),
-                            iterations=its if len(its) == 2 and None not in its else None,
-                            settings=stage_settings(preprocess, calibration, seed, sp))
+                            iterations=its if len(its) == 2 and None not in its else None, settings=settings)
                 written.append(out)
     if ae_jobs:
         written += _score_ae_batched(ae_jobs)
