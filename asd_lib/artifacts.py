@@ -283,7 +283,7 @@ def checkpoint_file(folder: str | Path, epoch: int) -> Path:
 
 def head_file(folder: str | Path, epoch: int) -> Path:
     """<folder>/epoch_XXX.head.pt: the head (and a joint run's channel embedding) of that epoch."""
-    return Path(folder) / f"epoch_{int(epoch):03d}.head.pt"
+    return head_beside(checkpoint_file(folder, epoch))
 
 
 def head_beside(checkpoint: str | Path) -> Path:

@@ -46,7 +46,7 @@ MACHINE_SUMMARY_ROWS = ["arithmetic mean", "harmonic mean", "source harmonic mea
 OVERALL_SUFFIX = " over all machine types, sections, and domains"
 OVERALL_SUMMARY_ROWS = [r + OVERALL_SUFFIX for r in MACHINE_SUMMARY_ROWS]
 
-_SCORE_RE = re.compile(r"^anomaly_score_(?P<machine>.+)_section_(?P<section>\d\d)_test\.csv$")
+SCORE_FILE_RE = re.compile(r"^anomaly_score_(?P<machine>.+)_section_(?P<section>\d\d)_test\.csv$")
 _GT_RE = re.compile(r"^ground_truth_(?P<machine>.+)_section_(?P<section>\d\d)_test\.csv$")
 _DEV_RE = re.compile(r"^section_(?P<section>\d\d)_(?P<domain>source|target)_test_(?P<label>normal|anomaly)_"
                      r"(?P<index>\d{4})(?:_[^/\\]+)?\.wav$")
@@ -416,7 +416,7 @@ def expected_test_clips(data_root: str | os.PathLike, submission: str | os.PathL
     test = scan(data_root)
     test = test[test["split"] == "test"]
     if submission is not None:
-        mine = {m["machine"] for f in Path(submission).iterdir() if (m := _SCORE_RE.match(f.name))}
+        mine = {m["machine"] for f in Path(submission).iterdir() if (m := SCORE_FILE_RE.match(f.name))}
         sets = set(test.loc[test["machine"].isin(mine), "set"])
         test = test[test["set"].isin(sets)] if sets else test
     return {m: set(g["file_name"]) for m, g in test.groupby("machine")}
@@ -447,7 +447,7 @@ def load_submission(sub_dir: str | os.PathLike, ground_truth: str | os.PathLike 
         raise EvaluationError(f"submission folder not found: {sub}")
     found: dict[tuple[str, str], Path] = {}
     for f in sorted(sub.iterdir()):
-        m = _SCORE_RE.match(f.name)
+        m = SCORE_FILE_RE.match(f.name)
         if m:
             found[(m["machine"], m["section"])] = f
     gt_root = _find_gt_root(ground_truth) if ground_truth is not None else None

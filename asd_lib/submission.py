@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import yaml
 
-from asd_lib.metrics import atomic_write_text, read_decisions, read_scores
+from asd_lib.metrics import SCORE_FILE_RE, atomic_write_text, read_decisions, read_scores
 
 
 def score_file_name(machine: str, section: str | int = "00") -> str:
@@ -83,8 +83,8 @@ def write_submission(out_dir: str | os.PathLike, machine: str, names: Sequence[s
 
 def submitted_machines(out_dir: str | os.PathLike, section: str | int = "00") -> list[str]:
     """The machines that have an anomaly-score file for ``section`` in a submission folder, sorted."""
-    prefix, suffix = "anomaly_score_", f"_section_{_sec(section)}_test.csv"  # score_file_name's parts
-    return sorted(p.name[len(prefix):-len(suffix)] for p in Path(out_dir).glob(f"{prefix}*{suffix}"))
+    return sorted(m["machine"] for p in Path(out_dir).iterdir()
+                  if (m := SCORE_FILE_RE.match(p.name)) and m["section"] == _sec(section))
 
 
 def read_submission(out_dir: str | os.PathLike, machine: str, section: str | int = "00"
