@@ -322,11 +322,13 @@ def embedding_path(emb_root: str | Path, model_id: str, channel: str, machine: s
 
 
 def save_embeddings(path: str | Path, emb: np.ndarray, names: Sequence[str], labels: np.ndarray,
-                    domains: Sequence[str], checkpoint_sha256: str = "", settings: str = "") -> Path:
-    """Write one embedding file atomically: a killed run never leaves half a file that the next one trusts."""
+                    domains: Sequence[str], checkpoint_sha256: str = "", settings: str = "", clips: str = "") -> Path:
+    """Write one embedding file atomically: a killed run never leaves half a file that the next one trusts.
+    ``clips``: ``provenance.files_digest`` of the audio files, so that regenerated clips are embedded again."""
     return atomic_savez(path, emb=np.asarray(emb, dtype=np.float32), names=np.asarray(names, dtype=str),
                         labels=np.asarray(labels, dtype=np.int64), domains=np.asarray(domains).astype(str),
-                        checkpoint_sha256=np.array(checkpoint_sha256), settings=np.array(settings))
+                        checkpoint_sha256=np.array(checkpoint_sha256), settings=np.array(settings),
+                        clips=np.array(clips))
 
 
 def load_embeddings(emb_root: str | Path, model_id: str, channel: str, machine: str, split: str) -> dict:
@@ -350,16 +352,19 @@ def load_embeddings(emb_root: str | Path, model_id: str, channel: str, machine: 
     return out
 
 
-def embeddings_current(path: str | Path, names: Sequence[str], checkpoint_sha256: str, settings: str) -> bool:
-    """Whether a cached embedding file can be reused: exactly these clips, made from the same checkpoint file with
-    the same settings. A corrupt or foreign file is recomputed, never trusted."""
+def embeddings_current(path: str | Path, names: Sequence[str], checkpoint_sha256: str, settings: str,
+                       clips: str = "") -> bool:
+    """Whether a cached embedding file can be reused: exactly these clips (names, and the files' digest ``clips``),
+    made from the same checkpoint file with the same settings. A corrupt or foreign file is recomputed, never
+    trusted."""
     if not Path(path).exists():
         return False
     try:
         with np.load(path, allow_pickle=False) as z:
             made_by = str(z["checkpoint_sha256"]) if "checkpoint_sha256" in z.files else ""
             return (list(z["names"]) == list(names) and z["emb"].shape[0] == len(names) and "domains" in z
-                    and made_by == checkpoint_sha256 and "settings" in z.files and str(z["settings"]) == settings)
+                    and made_by == checkpoint_sha256 and "settings" in z.files and str(z["settings"]) == settings
+                    and (str(z["clips"]) if "clips" in z.files else "") == clips)
     except Exception:  # noqa: BLE001 - any unreadable file is simply made again
         return False
 

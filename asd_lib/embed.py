@@ -39,6 +39,7 @@ from asd_lib.artifacts import (embedded_machines, embedding_path, embedding_sett
                                embeddings_current, load_embeddings, save_embeddings)
 from asd_lib.fsutil import file_sha256
 from asd_lib.progress import bar
+from asd_lib.provenance import files_digest
 
 __all__ = ["POOLINGS", "CHANNELS", "pool_tokens", "gem_pool", "embed_paths", "extract_embeddings",
            "load_embeddings", "embedding_path"]
@@ -205,8 +206,8 @@ def extract_embeddings(manifest: Any, checkpoint_or_encoder: Any, out_root: str 
 
     ``manifest``: a ``scan`` DataFrame or data root; ``checkpoint_or_encoder``: an encoder module, a checkpoint
     path (``epoch_XXX.pt``) or a backbone name; ``out_root``: ``results/<regime>/embeddings``. A cached file is
-    reused when it holds exactly the manifest's clip names and was made from the same checkpoint file with the same
-    pooling and recipe (unless ``force``); files are written atomically. Each file records the sha256 of the
+    reused when it holds exactly the manifest's clips (names, and sizes and mtimes of the files) and was made from
+    the same checkpoint file with the same pooling and recipe (unless ``force``); files are written atomically. Each file records the sha256 of the
     checkpoint file it came from (``checkpoint_sha256``, empty for an encoder module or a backbone name), which the
     online export checks, and those settings (``settings``, JSON).
     ``channel='joint'`` takes a checkpoint fine-tuned with ``channel_input='joint'`` (or a ``JointChannelEncoder``)
@@ -246,8 +247,9 @@ def extract_embeddings(manifest: Any, checkpoint_or_encoder: Any, out_root: str 
                 continue
             path = embedding_path(out_root, model_id, channel, machine, split)
             names = rows["file_name"].tolist()
+            clips = files_digest(zip(names, rows["path"]))
             result[machine][split] = path
-            if not force and embeddings_current(path, names, ckpt_sha, settings):
+            if not force and embeddings_current(path, names, ckpt_sha, settings, clips):
                 continue
             if encoder is None:
                 encoder = _load_encoder(checkpoint_or_encoder, recipe, channel)
@@ -255,5 +257,6 @@ def extract_embeddings(manifest: Any, checkpoint_or_encoder: Any, out_root: str 
                               progress, desc=f"{model_id} {channel} {machine} {split}")
             labels = rows["label"].map(_LABELS).fillna(-1).astype(np.int64).to_numpy()
             domains = rows["domain"].fillna("").astype(str).to_numpy()
-            save_embeddings(path, emb, names, labels, domains, checkpoint_sha256=ckpt_sha, settings=settings)
+            save_embeddings(path, emb, names, labels, domains, checkpoint_sha256=ckpt_sha, settings=settings,
+                            clips=clips)
     return result

@@ -10,7 +10,8 @@ stages. Two more inputs make a stored result stale, and this module digests them
   modules is loaded, every file under its folder is digested, so that an edit to any of them changes the digest
   even where the package reaches a module in a way the import scan cannot see.
 - ``data_digest(root)``: every file under a data folder by relative name, size and modification time, so that a
-  deleted, added, replaced or touched file changes it (content hashes would cost minutes on the DCASE-size set).
+  deleted, added, replaced or touched file changes it (content hashes would cost minutes on the DCASE-size set);
+  ``files_digest`` does the same for a list of files (fine-tuning's resume state and fbank cache use it).
 - ``snapshot`` / ``written_files`` / ``damaged_output``: the files a stage wrote, with their hashes, and whether
   they are still as written when the stage's result is about to be reused.
 """
@@ -21,6 +22,7 @@ import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterable
 
 from asd_lib.fsutil import file_sha256
 
@@ -126,13 +128,20 @@ def data_digest(root: str | os.PathLike) -> str:
     root = Path(root)
     if not root.is_dir():
         return "absent"
-    h = hashlib.sha256()
+    named = []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
-        for name in sorted(files):
-            path = Path(folder) / name
-            st = path.stat()
-            h.update(f"{path.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        named += [((Path(folder) / name).relative_to(root).as_posix(), Path(folder) / name) for name in sorted(files)]
+    return files_digest(named)
+
+
+def files_digest(named: Iterable[tuple[str, str | os.PathLike]]) -> str:
+    """Digest of (name, path) pairs by name, size and mtime of each file: it changes when a file is replaced,
+    rewritten, touched, added or dropped (a regenerated data set with the same file names included)."""
+    h = hashlib.sha256()
+    for name, path in named:
+        st = os.stat(path)
+        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
 
 

@@ -188,7 +188,7 @@ folders = {}
 for backbone, run in runs.items():
     try:
         folders[backbone] = finetune.finetune(man, out_dir=L.regime_dir, **run)
-    except ValueError as exc:  # the run there learned other classes (the data changed): it cannot be continued
+    except ValueError as exc:  # the run there learned other classes or clips (the data changed): start over
         print(f"{backbone}: {exc}\n-> the data changed since that run: training again from the start")
         folders[backbone] = finetune.finetune(man, out_dir=L.regime_dir, **{**run, "resume": False})
     print(backbone, "->", folders[backbone], [artifacts.checkpoint_file(folders[backbone], e).name

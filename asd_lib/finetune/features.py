@@ -16,6 +16,7 @@ import torch.nn as nn
 from asd_lib.data import class_name, load_clip, scan
 from asd_lib.finetune.config import FinetuneConfig
 from asd_lib.fsutil import atomic_write_text
+from asd_lib.provenance import files_digest
 from asd_lib.progress import bar as progress_bar
 
 CHANNEL_INPUTS = ("separate", "joint")
@@ -47,7 +48,8 @@ def cache_fbank(train_rows, encoder: nn.Module, cache_dir: str | Path, duration:
     """Compute (or reuse) fbank features of the training clips, one file per machine.
 
     Returns {machine: (array (n_clips, len(channels), frames, bins) memory-mapped, file names)}. A cache entry is
-    trusted only when its JSON sidecar (written last) names exactly these clips, duration and channels.
+    trusted only when its JSON sidecar (written last) names exactly these clips, unchanged since (size and mtime of
+    each file: regenerated data under the same names is not reused), duration and channels.
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -59,7 +61,8 @@ def cache_fbank(train_rows, encoder: nn.Module, cache_dir: str | Path, duration:
         names = rows["file_name"].tolist()
         stem = f"{machine}_train_d{duration:g}s_ch{chs}"
         npy, meta = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.json"
-        want = {"names": names, "duration": duration, "channels": list(channels)}
+        want = {"names": names, "files": files_digest(zip(names, rows["path"])), "duration": duration,
+                "channels": list(channels)}
         if meta.exists() and npy.exists():
             try:
                 have = json.loads(meta.read_text())

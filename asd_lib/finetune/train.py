@@ -34,6 +34,7 @@ from asd_lib.finetune.features import cache_fbank as cache_fbank_fn  # ``cache_f
 from asd_lib.finetune.heads import Classifier, build_head
 from asd_lib.finetune.trainable import apply_trainable, encoder_kind, load_encoder, switch_report
 from asd_lib.fsutil import atomic_torch_save, atomic_write_text, folder_lock
+from asd_lib.provenance import files_digest
 from asd_lib.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
     train_rows = train_rows.sort_values(["machine", "file_name"]).reset_index(drop=True)
     classes = class_labels(train_rows, channels=classes_with_channel)
     clips, samples = sample_table(train_rows, classes, cfg)
+    data_id = files_digest(zip(train_rows["file_name"], train_rows["path"]))  # a resume needs the same clips
 
     # ---- model
     torch.manual_seed(seed)
@@ -295,6 +297,9 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
             if written != cfg.training_fields() or st["classes"] != classes:
                 raise ValueError(f"{last} was written by a run with other settings or classes; pass resume=False "
                                  "(or another out_dir) to start over, or use the settings in its config.json")
+            if st.get("data") != data_id:
+                raise ValueError(f"{last} was written by a run on other training clips (the files changed since: "
+                                 "regenerated or replaced); pass resume=False (or another out_dir) to start over")
             model.encoder.load_state_dict(st["encoder"])
             model.head.load_state_dict(st["head"])
             if joint is not None:
@@ -325,8 +330,8 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
             per_rank_state = gather_objects((rng_state(), list(epoch_sums)))
             if rank != 0:
                 return
-            atomic_torch_save({"training": cfg.training_fields(), "classes": classes, "epochs": epochs,
-                                "encoder": model.encoder.state_dict(), "head": model.head.state_dict(),
+            atomic_torch_save({"training": cfg.training_fields(), "classes": classes, "data": data_id,
+                                "epochs": epochs, "encoder": model.encoder.state_dict(), "head": model.head.state_dict(),
                                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                 "epoch": epoch, "micro": micro, "global_step": global_step,
                                 "log": log_rows, "leaky": leaky, "per_rank": per_rank_state,
