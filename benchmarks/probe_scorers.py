@@ -10,18 +10,16 @@ kind and scorer, the official score with the mean source AUC, target AUC and pAU
     python benchmarks/probe_scorers.py --data results/synth/small_seed0 --embeddings results/dev/embeddings \
         --models beats@20 sslam@10
 
-Measured after ``make demo`` (small seed 0): with the paper's scorer, log-mel statistics score 0.484 and the
-learned embeddings 0.489 (beats@20) and 0.490 (sslam@10); with the difficulty check's scorer 0.585, 0.514 and 0.502.
-The learned embeddings' source AUCs there (0.73 and 0.78) match log-mel's (0.78); their target AUCs (0.40 and 0.38)
-do not (0.50). See the README ("The demo does not yet tell the paper's story").
+Measured after ``make demo`` (small seed 0, 10 target training clips per machine): with the paper's scorer,
+log-mel statistics score 0.485 and the learned embeddings 0.495 (beats@20) and 0.500 (sslam@10); with the difficulty
+check's scorer 0.601, 0.536 and 0.534. See the README ("The demo does not yet tell the paper's story").
 
 The official target AUC ranks the target-domain normal clips against ALL anomalies, the source domain's included, so
 the probe also takes it apart: "within source" (source normals vs source anomalies), "within target" (target normals
 vs target anomalies) and "target normal vs source anomaly". Measured after ``make demo`` (small seed 0, per machine
-then averaged), standardised Euclidean 1-NN: log-mel 0.676 / 0.627 / 0.367, beats@20 0.610 / 0.550 / 0.256,
-sslam@10 0.649 / 0.526 / 0.231. Every representation puts the target normals above the source anomalies (the 4
-target training clips cover the target domain's normal variation sparsely, the 100 source clips densely), which is
-what pulls the target AUC below 0.5; within a domain the learned embeddings also separate less than log-mel.
+then averaged), standardised Euclidean 1-NN: log-mel 0.679 / 0.636 / 0.454, beats@20 0.616 / 0.558 / 0.325,
+sslam@10 0.657 / 0.555 / 0.293. The learned embeddings put the target normals well above the source anomalies, and
+within each domain they separate less than log-mel.
 """
 from __future__ import annotations
 
