@@ -150,7 +150,11 @@ def test_plan_sizes_and_cli_summary(capsys):
     assert dev["disk_bytes"] > 4e9
     assert main(["--plan", "--preset", "small"]) == 0
     out = capsys.readouterr().out
-    assert "Sander: target training keeps 4 of 9" in out and "BlowerDustCollector" in out
+    # small has the real 10 target clips per machine: every target combination is trained on, as in the real names
+    assert "keeps" not in out and "BlowerDustCollector" in out
+    assert "dev 45 (90 with channels), dev+add 80 (160 with channels)" in out
+    assert main(["--plan", "--preset", "tiny"]) == 0
+    assert "Sander: target training keeps 2 of 9" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown preset"):
         plan("huge")
 
