@@ -207,9 +207,9 @@ def extract_embeddings(manifest: Any, checkpoint_or_encoder: Any, out_root: str 
     ``manifest``: a ``scan`` DataFrame or data root; ``checkpoint_or_encoder``: an encoder module, a checkpoint
     path (``epoch_XXX.pt``) or a backbone name; ``out_root``: ``results/<regime>/embeddings``. A cached file is
     reused when it holds exactly the manifest's clips (names, and sizes and mtimes of the files) and was made from
-    the same checkpoint file with the same pooling and recipe (unless ``force``); files are written atomically. Each file records the sha256 of the
-    checkpoint file it came from (``checkpoint_sha256``, empty for an encoder module or a backbone name), which the
-    online export checks, and those settings (``settings``, JSON).
+    the same checkpoint file with the same pooling and recipe (unless ``force``); files are written atomically. Each
+    file records the sha256 of the checkpoint file it came from (``checkpoint_sha256``, empty for an encoder module or
+    a backbone name), which the online export checks, and those settings (``settings``, JSON).
     ``channel='joint'`` takes a checkpoint fine-tuned with ``channel_input='joint'`` (or a ``JointChannelEncoder``)
     and writes ``<model_id>/joint/`` files of the same keys and shapes as the other channels.
     """

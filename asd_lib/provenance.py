@@ -11,7 +11,8 @@ stages. Two more inputs make a stored result stale, and this module digests them
   even where the package reaches a module in a way the import scan cannot see.
 - ``data_digest(root)``: every file under a data folder by relative name, size and modification time, so that a
   deleted, added, replaced or touched file changes it (content hashes would cost minutes on the DCASE-size set);
-  ``files_digest`` does the same for a list of files (fine-tuning's resume state and fbank cache use it).
+  ``files_digest`` does the same for a list of files (fine-tuning's resume state, its fbank cache and the
+  embedding cache record it).
 - ``snapshot`` / ``written_files`` / ``damaged_output``: the files a stage wrote, with their hashes, and whether
   they are still as written when the stage's result is about to be reused.
 """

@@ -46,7 +46,7 @@ class Preset:
 
 
 # The real data have 10 target training clips per machine, with every target attribute combination among them
-# (../shared/data/dcase2026_file_names/train.txt). `small` keeps that count rather than scaling it with the source
+# (tests/data/dcase2026_file_names/train.txt). `small` keeps that count rather than scaling it with the source
 # clips: with fewer, some target combinations never occur in training (Sander kept 4 of its 9 with 4 clips), and the
 # paper's KNN (k = 6, both domains pooled) must reach into the source clips for every target clip. `tiny` is a smoke
 # preset and keeps 2.
