@@ -324,7 +324,7 @@ def embedding_path(emb_root: str | Path, model_id: str, channel: str, machine: s
 def save_embeddings(path: str | Path, emb: np.ndarray, names: Sequence[str], labels: np.ndarray,
                     domains: Sequence[str], checkpoint_sha256: str = "", settings: str = "", clips: str = "") -> Path:
     """Write one embedding file atomically: a killed run never leaves half a file that the next one trusts.
-    ``clips``: ``provenance.files_digest`` of the audio files, so that regenerated clips are embedded again."""
+    ``clips``: ``provenance.clips_digest`` of the audio files, so that regenerated clips are embedded again."""
     return atomic_savez(path, emb=np.asarray(emb, dtype=np.float32), names=np.asarray(names, dtype=str),
                         labels=np.asarray(labels, dtype=np.int64), domains=np.asarray(domains).astype(str),
                         checkpoint_sha256=np.array(checkpoint_sha256), settings=np.array(settings),

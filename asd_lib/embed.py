@@ -39,7 +39,7 @@ from asd_lib.artifacts import (embedded_machines, embedding_path, embedding_sett
                                embeddings_current, load_embeddings, save_embeddings)
 from asd_lib.fsutil import file_sha256
 from asd_lib.progress import bar
-from asd_lib.provenance import files_digest
+from asd_lib.provenance import clips_digest
 
 __all__ = ["POOLINGS", "CHANNELS", "pool_tokens", "gem_pool", "embed_paths", "extract_embeddings",
            "load_embeddings", "embedding_path"]
@@ -247,7 +247,7 @@ def extract_embeddings(manifest: Any, checkpoint_or_encoder: Any, out_root: str 
                 continue
             path = embedding_path(out_root, model_id, channel, machine, split)
             names = rows["file_name"].tolist()
-            clips = files_digest(zip(names, rows["path"]))
+            clips = clips_digest(rows)
             result[machine][split] = path
             if not force and embeddings_current(path, names, ckpt_sha, settings, clips):
                 continue

@@ -11,8 +11,8 @@ stages. Two more inputs make a stored result stale, and this module digests them
   even where the package reaches a module in a way the import scan cannot see.
 - ``data_digest(root)``: every file under a data folder by relative name, size and modification time, so that a
   deleted, added, replaced or touched file changes it (content hashes would cost minutes on the DCASE-size set);
-  ``files_digest`` does the same for a list of files (fine-tuning's resume state, its fbank cache and the
-  embedding cache record it).
+  ``files_digest`` does the same for a list of files, ``clips_digest`` for a manifest's clips (fine-tuning's resume
+  state, its fbank cache and the embedding cache record it).
 - ``snapshot`` / ``written_files`` / ``damaged_output``: the files a stage wrote, with their hashes, and whether
   they are still as written when the stage's result is about to be reused.
 """
@@ -134,6 +134,11 @@ def data_digest(root: str | os.PathLike) -> str:
         dirs.sort()
         named += [((Path(folder) / name).relative_to(root).as_posix(), Path(folder) / name) for name in sorted(files)]
     return files_digest(named)
+
+
+def clips_digest(rows) -> str:
+    """``files_digest`` of a manifest's rows (its ``file_name`` and ``path`` columns), in their order."""
+    return files_digest(zip(rows["file_name"], rows["path"]))
 
 
 def files_digest(named: Iterable[tuple[str, str | os.PathLike]]) -> str:

@@ -116,23 +116,15 @@ def test_cache_belongs_to_the_checkpoint_file_it_came_from(manifest, beats, tmp_
     assert embedding_source(tmp_path / "emb", "m@1", "ch0", "valveEmu", "train") == file_sha256(ckpt)
 
 
-def test_cache_is_not_reused_for_regenerated_clips(tiny_data, beats, tmp_path):
-    import shutil
-
-    import soundfile as sf
-
-    from asd_lib.data import scan
-
-    shutil.copytree(tiny_data / "dev_data" / "raw" / "valveEmu", tmp_path / "data" / "dev_data" / "raw" / "valveEmu")
-    man = scan(tmp_path / "data")
+def test_cache_is_not_reused_for_regenerated_clips(rerecordable, beats, tmp_path):
+    copy, rerecord = rerecordable
+    man = copy("valveEmu")
     ckpt = tmp_path / "a.pt"
     beats.save(ckpt)
     kw = dict(channel="ch0", pooling="mean", device="cpu", progress=False)
     extract_embeddings(man, ckpt, tmp_path / "emb", "m@1", **kw)
     before = load_embeddings(tmp_path / "emb", "m@1", "ch0", "valveEmu", "train")["emb"]
-    clip = man[man["split"] == "train"].sort_values("file_name")["path"].iloc[0]
-    wave, sr = sf.read(clip)
-    sf.write(clip, wave[::-1].copy(), sr, subtype="PCM_16")  # the same name, another recording; same checkpoint
+    rerecord(man)  # same checkpoint file
     extract_embeddings(man, ckpt, tmp_path / "emb", "m@1", **kw)
     after = load_embeddings(tmp_path / "emb", "m@1", "ch0", "valveEmu", "train")["emb"]
     assert not np.allclose(after[0], before[0]) and np.allclose(after[1:], before[1:])

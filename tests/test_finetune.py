@@ -202,23 +202,15 @@ def test_resume_after_crash_equals_uninterrupted(dev_manifest, tmp_path):
         finetune(dev_manifest, "beats-tiny", tmp_path / "b", **{**kw, "lr_head": 5e-3})
 
 
-def test_a_run_on_regenerated_clips_is_not_resumed_nor_its_fbank_reused(tiny_data, tmp_path):
+def test_a_run_on_regenerated_clips_is_not_resumed_nor_its_fbank_reused(rerecordable, tmp_path):
     # the same file names with new contents (a regenerated benchmark): classes and settings match, the clips do not
-    import shutil
-
-    import soundfile as sf
-
-    from asd_lib.data import scan
-
-    shutil.copytree(tiny_data / "dev_data" / "raw" / "fan", tmp_path / "data" / "dev_data" / "raw" / "fan")
-    man = scan(tmp_path / "data")
+    copy, rerecord = rerecordable
+    man = copy("fan")
     kw = dict(_FAST, machines=["fan"], epochs=1)
     finetune(man, "beats-tiny", tmp_path / "run", **kw)
     cache = next((tmp_path / "run" / "fbank").rglob("*.npy"))
     before = np.load(cache).copy()
-    clip = man[man["split"] == "train"].sort_values("file_name")["path"].iloc[0]
-    wave, sr = sf.read(clip)
-    sf.write(clip, wave[::-1].copy(), sr, subtype="PCM_16")  # another recording under the same name
+    rerecord(man)
     with pytest.raises(ValueError, match="other training clips"):
         finetune(man, "beats-tiny", tmp_path / "run", **kw)
     finetune(man, "beats-tiny", tmp_path / "run", **{**kw, "resume": False})

@@ -16,7 +16,7 @@ import torch.nn as nn
 from asd_lib.data import class_name, load_clip, scan
 from asd_lib.finetune.config import FinetuneConfig
 from asd_lib.fsutil import atomic_write_text
-from asd_lib.provenance import files_digest
+from asd_lib.provenance import clips_digest
 from asd_lib.progress import bar as progress_bar
 
 CHANNEL_INPUTS = ("separate", "joint")
@@ -61,7 +61,7 @@ def cache_fbank(train_rows, encoder: nn.Module, cache_dir: str | Path, duration:
         names = rows["file_name"].tolist()
         stem = f"{machine}_train_d{duration:g}s_ch{chs}"
         npy, meta = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.json"
-        want = {"names": names, "files": files_digest(zip(names, rows["path"])), "duration": duration,
+        want = {"names": names, "files": clips_digest(rows), "duration": duration,
                 "channels": list(channels)}
         if meta.exists() and npy.exists():
             try:

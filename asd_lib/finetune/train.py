@@ -34,7 +34,7 @@ from asd_lib.finetune.features import cache_fbank as cache_fbank_fn  # ``cache_f
 from asd_lib.finetune.heads import Classifier, build_head
 from asd_lib.finetune.trainable import apply_trainable, encoder_kind, load_encoder, switch_report
 from asd_lib.fsutil import atomic_torch_save, atomic_write_text, folder_lock
-from asd_lib.provenance import files_digest
+from asd_lib.provenance import clips_digest
 from asd_lib.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def finetune(manifest: Any, backbone: str | Path | nn.Module = "beats-tiny", out
     train_rows = train_rows.sort_values(["machine", "file_name"]).reset_index(drop=True)
     classes = class_labels(train_rows, channels=classes_with_channel)
     clips, samples = sample_table(train_rows, classes, cfg)
-    data_id = files_digest(zip(train_rows["file_name"], train_rows["path"]))  # a resume needs the same clips
+    data_id = clips_digest(train_rows)  # a resume needs the same clips
 
     # ---- model
     torch.manual_seed(seed)
