@@ -1,9 +1,10 @@
 """Frozen probes of the shipped pre-trained encoders against random-init encoders of the same shape.
 
 For each synthetic benchmark seed: the class probe (leave-one-out 1-NN accuracy of machine + section + domain +
-attribute over the DEV training clips) and the anomaly probe (the kit's KNN scorer on frozen embeddings, official
-score over the 7 dev machines) of asd_lib.pretrain.probe, for BEATs and SSLAM, random and pre-trained weights, on
-channel 0 and channel 1. Prints one row per (seed, encoder, weights, channel) and the mean over seeds.
+attribute over the DEV training clips) and the anomaly probe (the kit's KNN scorer on frozen embeddings: official
+score over the 7 dev machines, mean source AUC, mean target AUC) of asd_lib.pretrain.probe, for BEATs and SSLAM,
+random and pre-trained weights, on channel 0 and channel 1. Prints one row per (seed, encoder, weights, channel)
+and the mean over seeds.
 
 Usage: python benchmarks/probe_pretrained.py [--preset small] [--seeds 2] [--data results/synth]
 """
@@ -19,6 +20,7 @@ from asd_lib.pretrain.probe import frozen_probe, random_like
 from asd_lib.synth import generate
 
 ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = ["class 1-NN acc", "KNN official", "KNN source AUC", "KNN target AUC"]
 
 
 def main() -> None:
@@ -37,10 +39,11 @@ def main() -> None:
                 for channel in ("ch0", "ch1"):
                     r = frozen_probe(model, root, channel=channel)
                     rows.append({"seed": seed, "encoder": enc, "weights": weights, "channel": channel,
-                                 "class 1-NN acc": r["class_1nn_accuracy"], "KNN official": r["official_score"]})
+                                 **dict(zip(COLUMNS, (r["class_1nn_accuracy"], r["official_score"], r["auc_source"],
+                                                      r["auc_target"])))})
                     print({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
     df = pd.DataFrame(rows)
-    summary = df.groupby(["encoder", "channel", "weights"], sort=False)[["class 1-NN acc", "KNN official"]]
+    summary = df.groupby(["encoder", "channel", "weights"], sort=False)[COLUMNS]
     print(f"\nmean (sd) over {a.seeds} benchmark seed(s), preset {a.preset}:")
     print(summary.mean().round(3).astype(str).add(" (").add(summary.std().round(3).astype(str)).add(")").to_string())
 

@@ -10,7 +10,7 @@ import torch
 
 from asd_lib.backbones import load_backbone
 from asd_lib.pretrain.beats import RandomProjectionTokenizer, fbank_patches, random_keep
-from asd_lib.pretrain.probe import loo_1nn_accuracy
+from asd_lib.pretrain.probe import frozen_probe, loo_1nn_accuracy
 from asd_lib.pretrain.sslam import frame_targets, inverse_block_keep, mix_stretches
 from asd_lib.pretrain.train import PretrainConfig, pretrain, verify_manifest
 
@@ -60,6 +60,19 @@ def test_loo_1nn_accuracy():
     emb = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], float)
     assert loo_1nn_accuracy(emb, np.array(["a", "a", "b", "b"])) == 1.0
     assert loo_1nn_accuracy(emb, np.array(["a", "b", "a", "b"])) == 0.0
+
+
+def test_frozen_probe_summarises_its_per_machine_table(tiny_data):
+    """The probe's source and target AUCs are the machine means of its table, and they enter its official score."""
+    from asd_lib.metrics import official_score
+
+    r = frozen_probe(load_backbone("beats-tiny"), tiny_data, machines=("fan", "valveEmu"))
+    t = r["per_machine"]
+    assert list(t["machine"]) == ["fan", "valveEmu"]
+    assert r["auc_source"] == pytest.approx(t["auc_source"].mean())
+    assert r["auc_target"] == pytest.approx(t["auc_target"].mean())
+    assert r["official_score"] == pytest.approx(official_score(t["auc_source"], t["auc_target"], t["pauc"]))
+    assert 0.0 <= r["class_1nn_accuracy"] <= 1.0 and r["n_classes"] > 2
 
 
 @pytest.mark.parametrize("encoder", ["beats", "sslam"])

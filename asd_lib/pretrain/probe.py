@@ -5,7 +5,11 @@ Two probes of a frozen encoder, each compared with a random-init encoder of the 
 - class probe: leave-one-out 1-nearest-neighbour accuracy (cosine) of the machine + section + domain + attribute
   class over the DEV training clips (the classes of the auxiliary task, without channel);
 - anomaly probe: the kit's KNN scorer (k = 6, the k-th neighbour's cosine distance) fitted per machine on the
-  training clips, scored on the test clips, summarised by the official score (hmean of AUCs and pAUCs).
+  training clips, scored on the test clips, summarised by the official score (hmean of AUCs and pAUCs) and by the
+  mean source and target AUC over the machines. The two AUCs answer different questions: the source AUC asks whether
+  the embedding sees the faults where the training clips cover the conditions well (100 clips); the target AUC also
+  asks whether ten target clips are enough to place the target domain's normal clips below every anomaly, the
+  source domain's included (the official per-domain AUC ranks a domain's normal clips against all anomalies).
 
 Both use the scoring embedding of the systems (channel 0, GeM over L2-normalised tokens) and no fine-tuning.
 """
@@ -59,4 +63,5 @@ def frozen_probe(encoder: Any, data_root: str | Path, machines: tuple[str, ...] 
     table = pd.DataFrame(rows)
     return {"class_1nn_accuracy": loo_1nn_accuracy(emb[train], cls[train]), "n_classes": len(set(cls[train])),
             "official_score": official_score(table["auc_source"], table["auc_target"], table["pauc"]),
+            "auc_source": float(table["auc_source"].mean()), "auc_target": float(table["auc_target"].mean()),
             "per_machine": table}
