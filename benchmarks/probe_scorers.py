@@ -26,6 +26,7 @@ within each domain they separate less than log-mel.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 from typing import Callable
@@ -34,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asd_lib import embed, scorers  # noqa: E402
+from asd_lib import embed, params, scorers  # noqa: E402
 from asd_lib.data import DEV_MACHINES, load_clip, scan  # noqa: E402
 from asd_lib.metrics import official_score  # noqa: E402
 
@@ -52,16 +53,21 @@ def knn(prep: str, metric: str, k: int) -> Callable[[np.ndarray, np.ndarray], np
     return score
 
 
+@functools.cache
+def demo_scorer_params() -> dict[str, dict]:
+    """Per-scorer arguments of the demo's DEV offline system (params/demo.yaml over its system files)."""
+    return scorers.scorer_params_from(params.load("dev_offline", [params.PARAMS_DIR / "demo.yaml"]))
+
+
 def paper_stage(train: np.ndarray, test: np.ndarray) -> np.ndarray:
-    """The paper's offline scoring stage on one machine: KNN, GMM, AE and LDN as the kit runs them by default (the AE
-    with the demo's 20 epochs at most), each rank-normalised over the test clips, then the minimum (one model)."""
+    """The paper's offline scoring stage on one machine: KNN, GMM, AE and LDN with the demo's settings, each
+    rank-normalised over the test clips, then the minimum (one model)."""
     from asd_lib.fusion import OFFLINE_DEFAULT_SCORERS, fuse, rank_normalise
-    from asd_lib.scorers.factory import make_scorer, takes_raw_embeddings
 
     ranks = {}
     for sid in OFFLINE_DEFAULT_SCORERS:
-        est = make_scorer(sid, preprocess="none" if takes_raw_embeddings(sid, {}) else "aau",
-                          **({"max_epochs": 20} if sid == "ae" else {}))
+        sp = demo_scorer_params()[sid]
+        est = scorers.make_scorer(sid, preprocess="none" if scorers.takes_raw_embeddings(sid, sp) else "aau", **sp)
         ranks[sid] = [rank_normalise(est.fit(train).decision_function(test))]
     return fuse(ranks, "min")[1]
 
