@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "benchmarks" / "report.py"
 STAGES = ["fbank", "forward-beats-b8", "forward-beats-b1", "forward-sslam-b8", "forward-sslam-b1", "finetune-beats",
           "finetune-sslam", "embed-beats", "embed-sslam", "score-knn", "score-gmm", "score-ae", "score-ldn",
-          "scoring-total", "fusion-offline", "fusion-online", "online-clip"]
+          "scoring-stage", "fusion-offline", "fusion-online", "online-clip"]
 
 
 def test_report_quick_has_every_stage(tmp_path):

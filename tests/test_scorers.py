@@ -551,3 +551,15 @@ def test_the_authors_gmm_constants_fit_only_their_online_gmm(tmp_path):
         with np.load(tmp_path / "emb" / "beats@1" / "ch0" / "fan_test.npz") as t:
             np.testing.assert_allclose(s["test"], ref.decision_function(t["emb"].astype(float)), rtol=1e-10)
         assert str(s["variant"]) == "aau-online"
+
+
+def test_autoencoder_stacks_sized_to_the_cpu_caches():
+    """On the CPU the DCASE-size autoencoder (768-d) trains alone, the demo's small ones many to a stack; CUDA stacks
+    up to 64 whatever the size."""
+    from asd_lib.scorers.ae_network import n_parameters
+
+    big, small = n_parameters(768, None, 32), n_parameters(96, None, 32)
+    assert big == 615968  # 768 -> 384 -> 32 -> 384 -> 768, weights and biases
+    assert S.models_per_stack(big, "cpu") == 1
+    assert 8 <= S.models_per_stack(small, "cpu") <= 32
+    assert S.models_per_stack(big, "cuda") == S.models_per_stack(big, "cuda:0") == 64

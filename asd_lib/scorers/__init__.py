@@ -31,7 +31,7 @@ from __future__ import annotations
 from asd_lib.artifacts import (embedded_machines, fitted_path, load_embeddings, load_scores,  # noqa: F401
                                save_scores, score_path, scored_machines)
 
-from .autoencoder import AEScorer, train_autoencoders
+from .autoencoder import AEScorer, models_per_stack, train_autoencoders
 from .calibration import (HOLDOUT_FRACTION_NO_DOMAIN, HOLDOUT_FRACTIONS, calibration_scores, final_step,
                           fit_iterations, fit_scorer, holdout_split)
 from .factory import GMM_VARIANTS, SCORER_IDS, SCORER_SEED, make_scorer, scorer_params_from, takes_raw_embeddings
@@ -48,6 +48,7 @@ __all__ = [
     "AEScorer",
     "LDNScorer",
     "train_autoencoders",
+    "models_per_stack",
     "fit_iterations",
     "fit_scorer",
     "final_step",

@@ -26,6 +26,17 @@ from asd_lib import progress
 LAYERS = ("enc1", "enc2", "dec1", "dec2")  # spectral norm on the first three (authors' network)
 
 
+def hidden_width(D: int, hidden: int | None, bottleneck: int) -> int:
+    """H of the authors' network: ``hidden`` when given, else max(D // 2, 2 * bottleneck)."""
+    return hidden if hidden is not None else max(D // 2, 2 * bottleneck)
+
+
+def n_parameters(D: int, hidden: int | None, bottleneck: int) -> int:
+    """Weights and biases of one autoencoder D -> H -> bottleneck -> H -> D."""
+    H = hidden_width(D, hidden, bottleneck)
+    return (D * H + H) + (H * bottleneck + bottleneck) + (bottleneck * H + H) + (H * D + D)
+
+
 def initial_state(D: int, hidden: int, bottleneck: int, seed: int) -> dict[str, np.ndarray]:
     """Initial weights drawn exactly as torch.nn.Linear + torch.nn.utils.spectral_norm would after manual_seed."""
     with torch.random.fork_rng(devices=[]):
@@ -73,8 +84,8 @@ class StackedLinear(nn.Module):
                     v.copy_(F.normalize(torch.bmm(W.transpose(1, 2), u.unsqueeze(2)).squeeze(2), dim=1, eps=1e-12))
                     u.copy_(F.normalize(torch.bmm(W, v.unsqueeze(2)).squeeze(2), dim=1, eps=1e-12))
         uc, vc = u.clone(), v.clone()
-        if B == 1:
-            sigma = torch.dot(uc[0], torch.mv(W[0], vc[0])).reshape(1)
+        if B == 1:  # a view of W, not W[0]: the same values, and autograd skips select's zero-filled gradient
+            sigma = torch.dot(uc[0], torch.mv(W.view(W.shape[1:]), vc[0])).reshape(1)
         else:
             sigma = (uc * torch.bmm(W, vc.unsqueeze(2)).squeeze(2)).sum(dim=1)
         return W / sigma.view(B, 1, 1)
@@ -83,7 +94,7 @@ class StackedLinear(nn.Module):
         """h (B, n, in) -> (B, n, out)."""
         W = self.effective_weight()
         if W.shape[0] == 1:
-            return F.linear(h[0], W[0], self.bias[0]).unsqueeze(0)
+            return F.linear(h[0], W.view(W.shape[1:]), self.bias.view(-1)).unsqueeze(0)
         return torch.baddbmm(self.bias.unsqueeze(1), h, W.transpose(1, 2))
 
 
@@ -144,7 +155,7 @@ def train_group(arrays: Sequence[np.ndarray], seeds: Sequence[int], *, bottlenec
     'params' (``StackedAutoencoder.state``), 'n_epochs' and 'loss_curve'."""
     B = len(arrays)
     n, D = arrays[0].shape
-    H = hidden if hidden is not None else max(D // 2, 2 * bottleneck)
+    H = hidden_width(D, hidden, bottleneck)
     model = StackedAutoencoder.initial(D, H, bottleneck, seeds).to(device).train()
     opt = _optimizer(model, lr, weight_decay)
     X = torch.as_tensor(np.stack(arrays), dtype=torch.float32, device=device)  # (B, n, D)

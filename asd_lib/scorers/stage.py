@@ -74,8 +74,9 @@ def score_embeddings(
     method, the default) scores the clips that ``holdout_split`` holds out with a clone fitted on the rest, for
     every scorer; 'loo' instead scores every training clip with itself left out of the neighbour search, for the
     scorers that have that form (KNN, LDN; GMM and AE stay held-out). Existing files are kept unless ``force``. With
-    ``ae_batched`` all autoencoders (every model, machine, calibration split and final fit) train as stacked batched
-    models, which gives the same per-model recipe (see ``train_autoencoders``) at a fraction of the Python overhead.
+    ``ae_batched`` all autoencoders (every model, machine, calibration split and final fit) train together as stacked
+    batched models, which gives the same per-model recipe at a fraction of the Python overhead (``train_autoencoders``;
+    on the CPU its stacks are sized to the caches).
     """
     unknown = set(scorers) - set(SCORER_IDS)
     if unknown:
