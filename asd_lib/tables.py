@@ -268,6 +268,35 @@ def describe_spread(notes: pd.DataFrame) -> list[str]:
     return out
 
 
+def claim_checks(long: pd.DataFrame, claims: Sequence[tuple[str, str, str]], score: str = "official score",
+                 k: float = 2.0) -> pd.DataFrame:
+    """Whether each claim "``better`` scores above ``worse``" holds on per-seed results.
+
+    ``long``: one row per setting and seed (columns 'setting', 'seed' and ``score``); ``claims``: (claim, better
+    setting, worse setting). The difference of the seed means counts when it exceeds ``k`` times the combined spread
+    sqrt(sd_better^2 + sd_worse^2): 'holds' above it, 'reversed' below minus it, else 'within the seed spread'.
+    With one seed there is no spread and the verdict is 'one seed: not resolved'.
+    """
+    g = long.groupby("setting")[score]
+    mean, sd, n = g.mean(), g.std(), g.count()
+    rows = []
+    for claim, better, worse in claims:
+        diff = float(mean[better] - mean[worse])
+        seeds = int(min(n[better], n[worse]))
+        spread = float(math.sqrt(sd[better] ** 2 + sd[worse] ** 2)) if seeds > 1 else float("nan")
+        if seeds < 2:
+            verdict = "one seed: not resolved"
+        elif diff > k * spread:
+            verdict = "holds"
+        elif diff < -k * spread:
+            verdict = "reversed"
+        else:
+            verdict = "within the seed spread"
+        rows.append({"claim": claim, "better": float(mean[better]), "worse": float(mean[worse]),
+                     "difference": diff, "spread": spread, "seeds": seeds, "verdict": verdict})
+    return pd.DataFrame(rows, columns=["claim", "better", "worse", "difference", "spread", "seeds", "verdict"])
+
+
 # ----------------------------------------------------------------------------------------------------------
 # writing
 

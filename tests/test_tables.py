@@ -87,6 +87,19 @@ def test_single_seed_says_no_spread(tmp_path: Path):
     assert all("one seed" in t for t in tables.describe_spread(notes))
 
 
+def test_claim_checks_compare_the_gap_with_twice_the_spread():
+    long = pd.DataFrame({"setting": ["a"] * 3 + ["b"] * 3 + ["c"] * 3 + ["d"],
+                         "seed": [0, 1, 2] * 3 + [0],
+                         "official score": [0.60, 0.61, 0.62, 0.50, 0.51, 0.52, 0.605, 0.615, 0.625, 0.7]})
+    got = tables.claim_checks(long, [("a > b", "a", "b"), ("b > a", "b", "a"), ("c > a", "c", "a"),
+                                     ("d > a", "d", "a")]).set_index("claim")
+    assert got.loc["a > b", "verdict"] == "holds" and got.loc["a > b", "difference"] == pytest.approx(0.1)
+    assert got.loc["a > b", "spread"] == pytest.approx(np.sqrt(2) * 0.01)
+    assert got.loc["b > a", "verdict"] == "reversed"
+    assert got.loc["c > a", "verdict"] == "within the seed spread"  # 0.005 against 2 x 0.014
+    assert got.loc["d > a", "verdict"] == "one seed: not resolved" and got.loc["d > a", "seeds"] == 1
+
+
 def test_write_csv_markdown_latex(results: Path, tmp_path: Path):
     tidy = tables.collect(results)
     t1 = tables.table1(tidy)
