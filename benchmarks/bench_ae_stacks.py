@@ -4,7 +4,7 @@
     python benchmarks/bench_ae_stacks.py [--threads 2] [--models 42] [--dim 768] [--n 1000] [--epochs 2]
                                          [--stacks 42,6,3,1]
 
-Trains ``--models`` autoencoders of the authors' recipe (``train_group``: D -> H -> 32 -> H -> D, batch 64, AdamW)
+Trains ``--models`` autoencoders of the library's recipe (``AEScorer``'s settings through ``train_group``)
 on random (n, D) data, ``--stacks`` models at a time, for ``--epochs`` epochs without early stopping, and prints
 the seconds per epoch of each stack size, and the stack size ``models_per_stack`` picks for this shape. The DCASE
 shape is the default; the demo's is ``--dim 96 --n 100 --epochs 20 --stacks 42,14,6,1``.
@@ -29,15 +29,15 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from asd_lib.scorers import models_per_stack
+    from asd_lib.scorers import AEScorer, models_per_stack
     from asd_lib.scorers.ae_network import n_parameters, train_group
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     data = [rng.standard_normal((args.n, args.dim)).astype(np.float32) for _ in range(args.models)]
-    kw = dict(bottleneck=32, hidden=None, max_epochs=args.epochs, batch_size=64, lr=1e-3, weight_decay=1e-5,
-              patience=args.epochs + 1, min_delta=1e-6, device="cpu")
-    P = n_parameters(args.dim, None, 32)
+    ae = AEScorer(max_epochs=args.epochs, patience=args.epochs + 1, device="cpu")  # the library's recipe, no stop
+    kw = ae._train_kwargs()
+    P = n_parameters(args.dim, ae.hidden, ae.bottleneck)
     print(f"{args.models} autoencoders of {P:,} parameters ({args.dim}-d), {args.n} clips each, {args.threads} "
           f"threads; models_per_stack picks {models_per_stack(P, 'cpu')} on the CPU")
     for size in (int(x) for x in args.stacks.split(",")):
